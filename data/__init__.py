@@ -1,0 +1,1 @@
+"""Self-distillation data: the target writes its own training set (prompts too, if asked)."""

@@ -1,0 +1,1 @@
+"""Lossless speculative decoding with selfspec drafters, and its acceptance report."""

@@ -1,0 +1,1 @@
+"""Drafter modules: Medusa, EAGLE, EAGLE-3 and a distilled draft model."""

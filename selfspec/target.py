@@ -146,7 +146,13 @@ def embedded_target_dir() -> Path:
         logger.info("converting the embedded target once into %s", dest)
         with tempfile.TemporaryDirectory(prefix="selfspec-gguf-") as work, atomic_dir(dest) as tmp:
             gguf = _fetch_smollm2_gguf(Path(work))
-            _convert_gguf(gguf, tmp)
+            try:
+                _convert_gguf(gguf, tmp)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise TargetError(
+                    f"could not convert {gguf} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                    f"it must be {_SMOLLM2_GGUF} from {_SMOLLM2_PACKAGE}"
+                ) from e
             _check_embedded(tmp)
     return dest
 
@@ -199,7 +205,9 @@ def _check_embedded(path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     answer = greedy_chat(model, tokenizer, "What is the capital of France?", max_new_tokens=16)
     if "paris" not in answer.lower():
-        raise TargetError(f"the converted embedded target answered {answer!r}; delete {path.parent} and retry")
+        raise TargetError(
+            f"the converted embedded target answered {answer!r}; delete {path.parent} and retry"
+        )
 
 
 @torch.no_grad()
@@ -208,12 +216,19 @@ def greedy_chat(
 ) -> str:
     """Greedy answer of ``model`` to one user message, through the tokenizer's chat template."""
     enc = tokenizer.apply_chat_template(
-        [{"role": "user", "content": message}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": message}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""Draft-step cost of each drafter family on the embedded target's sizes: ``python -m selfspec.heads.bench_heads``.
+
+One draft step = what decode/ runs per drafted token (batch 1, one new position, a warm cache of ``--ctx``
+tokens where the family has one). Medusa drafts all K tokens in one step, so its per-token cost is step/K.
+Reference rows: one target forward of 1 token, and the target's lm_head alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+from selfspec.heads import build_drafter
+from selfspec.target import EMBEDDED_TARGET, load_target
+
+
+def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
+    """Minimum wall time of ``fn`` in ms: on a shared CPU the minimum is the least disturbed estimate."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times)
+
+
+def _cached_step(drafter, hidden: torch.Tensor, ctx: int) -> Callable[[], object]:
+    """A step of EAGLE/EAGLE-3 at position ``ctx`` over a warm cache (cropped back after each call)."""
+    cache = DynamicCache()
+    ids = torch.zeros(1, ctx, dtype=torch.long)
+    drafter(hidden.expand(1, ctx, -1), ids, torch.arange(ctx)[None], past_key_values=cache)
+    pos = torch.tensor([[ctx]])
+
+    def step():
+        out = drafter(hidden, ids[:, :1], pos, past_key_values=cache)
+        cache.crop(-1)  # drop the step just written (transformers 5: negative = remove)
+        return out
+
+    return step
+
+
+def rows(target, ctx: int, repeat: int, vocab_sizes: list[int]) -> list[tuple[str, float, int]]:
+    """(name, ms per step, tokens drafted per step)."""
+    h = target.config.hidden_size
+    hidden = torch.randn(1, 1, h)
+    out: list[tuple[str, float, int]] = []
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    cache = DynamicCache()
+    target(torch.zeros(1, ctx, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+    def target_step():
+        target(ids, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[ctx]]))
+        cache.crop(-1)  # drop the step just written (transformers 5: negative = remove)
+
+    out.append(("target forward (1 token, reference)", timeit(target_step, repeat), 1))
+    out.append(("target lm_head alone (reference)", timeit(lambda: target.lm_head(hidden), repeat), 1))
+
+    for own in (False, True):
+        m = build_drafter({"type": "medusa", "num_heads": 4, "own_lm_head": own}, target)
+        name = "own lm_heads" if own else "target lm_head"
+        out.append((f"medusa K=4, {name}, batched", timeit(lambda m=m: m(hidden), repeat), 4))
+
+        def loop(m=m, own=own):  # the naive layout: one output matmul per head
+            z = m.head_states(hidden)
+            return [(z[k] @ m.lm_head[k].t()) if own else m.target_lm_head(z[k]) for k in range(4)]
+
+        out.append((f"medusa K=4, {name}, per-head loop", timeit(loop, repeat), 4))
+        if not own:  # the same single matmul through F.linear (x @ W.T): slower for few rows on CPU
+
+            def linear(m=m):
+                z = m.head_states(hidden)
+                return torch.nn.functional.linear(z.reshape(4, -1), m.target_lm_head.weight)
+
+            out.append((f"medusa K=4, {name}, batched F.linear", timeit(linear, repeat), 4))
+
+    e = build_drafter({"type": "eagle"}, target)
+    out.append(("eagle (1 layer + target lm_head)", timeit(_cached_step(e, hidden, ctx), repeat), 1))
+    for vd in vocab_sizes:
+        e3 = build_drafter({"type": "eagle3", "draft_vocab_size": vd}, target)
+        label = "full" if vd <= 0 or vd >= target.config.vocab_size else f"{vd // 1024}k"
+        out.append(
+            (
+                f"eagle3 draft vocab {label} ({e3.draft_vocab_size})",
+                timeit(_cached_step(e3, hidden, ctx), repeat),
+                1,
+            )
+        )
+
+    dm = build_drafter({"type": "draft_model", "num_layers": 4}, target)
+    dcache = DynamicCache()
+    dm(torch.zeros(1, ctx, dtype=torch.long), past_key_values=dcache)
+
+    def dm_step():
+        dm(ids, position_ids=torch.tensor([[ctx]]), past_key_values=dcache)
+        dcache.crop(-1)  # drop the step just written (transformers 5: negative = remove)
+
+    out.append(("draft_model 4 layers", timeit(dm_step, repeat), 1))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", default=EMBEDDED_TARGET)
+    p.add_argument("--ctx", type=int, default=128, help="tokens already in the cache")
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--vocab", type=int, nargs="*", default=[0, 32768, 16384, 8192])
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target, _ = load_target(args.target, device="cpu", dtype="fp32")
+    c = target.config
+    with torch.inference_mode():
+        table = rows(target, args.ctx, args.repeat, args.vocab)
+    print(
+        f"\ntarget {args.target}: H={c.hidden_size} V={c.vocab_size} L={c.num_hidden_layers}, "
+        f"ctx={args.ctx}, batch 1, fp32 CPU, {torch.get_num_threads()} threads, min of {args.repeat}"
+    )
+    print(f"{'drafter / step':<46} {'ms/step':>8} {'ms/token':>9} {'vs target fwd':>14}")
+    ref = table[0][1]
+    for name, ms, k in table:
+        print(f"{name:<46} {ms:8.2f} {ms / k:9.2f} {ms / k / ref:13.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""EAGLE-1/2 drafter (Li et al., 2024, "EAGLE: Speculative Sampling Requires Rethinking Feature
+Uncertainty", arXiv:2401.15077; EAGLE-2 "Faster Inference of Language Models with Dynamic Draft Trees",
+arXiv:2406.16858 only changes how the tree is drafted, in decode/).
+
+    x[t]      = fc(concat(embed(token[t+1]), feature[t]))       # (B, T, 2H) -> (B, T, H), with bias
+    hidden[t] = decoder_layer(x)[t]                              # one layer of the target's architecture
+    logits[t] = target_lm_head(hidden[t])                        # predicts token t+2
+
+The order ``concat(embedding, feature)`` and ``fc`` with bias are EAGLE-1's checkpoint layout (export relies
+on it). Regression target: the *post-norm* final state ``hidden_states[L]`` (the contract's feature, and what
+EAGLE-1 regresses). Because ``hidden`` already lives in the normed space, logits are ``lm_head(hidden)``
+without another norm, exactly as the target computes ``lm_head(hidden_states[L])``. Like EAGLE-1 the layer's
+input norm is dropped (``input_norm=False``: fc's output feeds attention directly); set it True to keep it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfspec.heads.arch import arch_classes, arch_config, cache_len, causal_bool_mask
+from selfspec.heads.base import Drafter, TargetDims, project
+
+
+@dataclass
+class EagleConfig(TargetDims):
+    """User-facing: ``input_norm``. Target-derived (filled by build_drafter): sizes and the target's
+    architecture config (``target_config``, a transformers config dict) the decoder layer is built from."""
+
+    type: str = "eagle"
+    input_norm: bool = False
+
+
+class Eagle(Drafter):
+    drafter_type = "eagle"
+
+    def __init__(self, config: EagleConfig) -> None:
+        super().__init__(config)
+        cfg = arch_config(config.target_config)
+        layer_cls, rotary_cls, _ = arch_classes(cfg)
+        h = config.hidden_size
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self.layer = layer_cls(cfg, layer_idx=0)
+        if not config.input_norm:
+            self.layer.input_layernorm = nn.Identity()
+        self.rotary_emb = rotary_cls(cfg)  # buffers only (inv_freq, non-persistent)
+
+    def feature_layers(self) -> list[int]:
+        return [self.config.num_target_layers]
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, T, H) at t, input_ids (B, T) = tokens at t+1 -> (hidden (B, T, H), logits (B, T, V)).
+
+        ``attention_mask``: None (causal over cache + new) or 4D bool (B, 1, T, S), True = attend.
+        ``past_key_values``: a DynamicCache (layer 0 is this drafter's layer), updated in place.
+        """
+        emb = self.embed_tokens(input_ids).to(features.dtype)  # (B, T, H)
+        x = self.fc(torch.cat([emb, features], dim=-1))  # (B, T, H)
+        mask = causal_bool_mask(attention_mask, cache_len(past_key_values), x.shape[1], x.device)
+        pos_emb = self.rotary_emb(x, position_ids)
+        hidden = self.layer(
+            x,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+            position_embeddings=pos_emb,
+        )
+        if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
+            hidden = hidden[0]
+        head = self.target_lm_head
+        return hidden, project(hidden, head.weight, head.bias)

@@ -1,0 +1,253 @@
+"""EAGLE-3 drafter (Li et al., 2025, "EAGLE-3: Scaling up Inference Acceleration of Large Language Models
+via Training-Time Test", arXiv:2503.01840).
+
+Three target layers (low, mid, high) are fused by ``fc`` (3H -> H, no bias); one decoder layer whose
+attention reads concat(norm(embedding of the next token), norm(hidden)) (width 2H) drafts the next state;
+logits come from its own ``lm_head`` over a reduced draft vocabulary of Vd tokens. Module names follow
+SGLang's ``LlamaForCausalLMEagle3`` (``fc``, ``midlayer.{input_layernorm, hidden_norm, self_attn.{q,k,v,o}_proj,
+post_attention_layernorm, mlp.{gate,up,down}_proj}``, ``norm``, ``lm_head``, buffers ``d2t``, ``t2d``), so
+export to SGLang / vLLM speculators is a renaming. The embedding is the target's (frozen, bound).
+
+Aux layers: ``config.aux_layers`` stores **HF hidden_states indices** (index i = output of decoder layer i-1
+= input of decoder layer i). EAGLE-3's reference code, vLLM and SGLang capture the *inputs* of decoder layers
+(2, L//2, L-3) by default, i.e. hidden_states indices (2, L//2, L-3): that is the default here. vLLM /
+speculators ``eagle_aux_hidden_state_layer_ids`` use the same numbering; SGLang's ids name decoder-layer
+*outputs* (it captures ``id + 1``), so they are one lower (``aux_layer_ids_for``).
+
+Vocabulary maps: ``d2t`` (Vd,) long with target_id = draft_id + d2t[draft_id]; ``t2d`` (V,) bool, True where a
+target token is in the draft vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+from selfspec.heads.arch import arch_classes, arch_config, cache_len, causal_bool_mask
+from selfspec.heads.base import Drafter, TargetDims, project
+from selfspec.utils import SelfspecError
+
+
+@dataclass
+class Eagle3Config(TargetDims):
+    """User-facing: ``ttt_steps`` (training-time test depth, read by train/), ``draft_vocab_size`` (0 or >= V:
+    full vocabulary), ``aux_layers`` (HF hidden_states indices; empty: EAGLE-3's default, filled by
+    build_drafter). Target-derived: sizes, ``target_config`` (transformers config dict)."""
+
+    type: str = "eagle3"
+    ttt_steps: int = 7
+    draft_vocab_size: int = 32000
+    aux_layers: list[int] = field(default_factory=list)
+
+
+def default_aux_layers(num_layers: int) -> list[int]:
+    """EAGLE-3's low/mid/high states: inputs of decoder layers (2, L//2, L-3) = hidden_states (2, L//2, L-3)."""
+    if not 2 < num_layers // 2 < num_layers - 3:  # shallow (test) targets: three distinct states, in order
+        return [1, max(1, num_layers // 2), max(1, num_layers - 1)]
+    return [2, num_layers // 2, num_layers - 3]
+
+
+def aux_layer_ids_for(engine: str, aux_layers: list[int]) -> list[int]:
+    """Layer ids an engine's config must name to capture the states selfspec trained on.
+
+    vLLM / speculators capture the input of decoder layer ``id`` (= hidden_states[id]), like selfspec's numbering;
+    SGLang captures ``id + 1`` for a configured ``id`` (its ids name decoder-layer outputs), so its ids are one
+    lower.
+    """
+    if engine in ("vllm", "speculators", "hf"):
+        return list(aux_layers)
+    if engine == "sglang":
+        return [i - 1 for i in aux_layers]
+    raise ValueError(f"unknown engine {engine!r}: use vllm, speculators, hf or sglang")
+
+
+def build_vocab_map(
+    token_counts: torch.Tensor, draft_vocab_size: int, always_include: list[int] | tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V,) counts -> (d2t (Vd,) long, t2d (V,) bool) over the Vd most frequent tokens, sorted by target id.
+
+    ``always_include`` (e.g. EOS and chat specials) are kept whatever their counts; ties break toward the
+    smaller id, so the map is deterministic.
+    """
+    counts = token_counts.detach().double().cpu().reshape(-1)
+    v = counts.numel()
+    vd = v if draft_vocab_size <= 0 else min(draft_vocab_size, v)
+    if len(set(always_include)) > vd:
+        raise SelfspecError(
+            f"draft_vocab_size={vd} is smaller than the {len(always_include)} required tokens"
+        )
+    score = counts.clone()
+    score[torch.as_tensor(list(always_include), dtype=torch.long)] = float("inf")
+    # Stable sort on -score keeps smaller ids first among equal counts.
+    order = torch.sort(-score, stable=True).indices[:vd]
+    ids = torch.sort(order).values  # (Vd,) target ids, ascending
+    d2t = ids - torch.arange(vd)
+    t2d = torch.zeros(v, dtype=torch.bool)
+    t2d[ids] = True
+    return d2t, t2d
+
+
+def validate_vocab_map(d2t: torch.Tensor, t2d: torch.Tensor, vocab_size: int | None = None) -> None:
+    """Raise one clear SelfspecError if d2t/t2d disagree with each other or with the target's vocabulary."""
+    vd, v = d2t.numel(), t2d.numel()
+    if vocab_size is not None and v != vocab_size:
+        raise SelfspecError(
+            f"t2d covers {v} tokens but the target vocabulary has {vocab_size}: wrong target?"
+        )
+    if t2d.dtype != torch.bool:
+        raise SelfspecError(f"t2d must be a bool mask, got {t2d.dtype}")
+    ids = torch.arange(vd, device=d2t.device) + d2t.long()
+    if vd > v or (ids < 0).any() or (ids >= v).any():
+        raise SelfspecError(f"d2t maps draft ids outside the target vocabulary [0, {v}): corrupt vocab map")
+    if vd > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise SelfspecError("d2t does not map draft ids to strictly increasing target ids: corrupt vocab map")
+    if int(t2d.sum()) != vd or not bool(t2d[ids.to(t2d.device)].all()):
+        raise SelfspecError(
+            f"d2t and t2d disagree ({vd} draft tokens, {int(t2d.sum())} marked in t2d, or different tokens): "
+            "corrupt or shifted vocab map"
+        )
+
+
+class Eagle3Attention(nn.Module):
+    """Attention whose q/k/v read the 2H-wide concat(embedding, hidden); rotary as the target; sdpa."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or h // self.num_heads
+        bias = bool(getattr(cfg, "attention_bias", False))
+        self.q_proj = nn.Linear(2 * h, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(2 * h, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(2 * h, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos_emb: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        past_key_values: Any,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, nH, T, D)
+        k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, nKV, T, D)
+        v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *pos_emb)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, 0)  # (B, nKV, S, D)
+        groups = self.num_heads // self.num_kv_heads
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        causal = mask is None and t > 1
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, H)
+
+
+class Eagle3MLP(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        bias = bool(getattr(cfg, "mlp_bias", False))
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+        self.act_fn = ACT2FN[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Eagle3Layer(nn.Module):
+    """SGLang's ``midlayer``: attention over concat(input_layernorm(emb), hidden_norm(hidden)), residual on hidden."""
+
+    def __init__(self, cfg: Any, norm_cls: type[nn.Module]) -> None:
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.input_layernorm = norm_cls(h, eps=eps)
+        self.hidden_norm = norm_cls(h, eps=eps)
+        self.self_attn = Eagle3Attention(cfg)
+        self.post_attention_layernorm = norm_cls(h, eps=eps)
+        self.mlp = Eagle3MLP(cfg)
+
+    def forward(self, emb, hidden, pos_emb, mask, past_key_values) -> torch.Tensor:
+        x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)  # (B, T, 2H)
+        hidden = hidden + self.self_attn(x, pos_emb, mask, past_key_values)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class Eagle3(Drafter):
+    drafter_type = "eagle3"
+
+    def __init__(self, config: Eagle3Config) -> None:
+        super().__init__(config)
+        cfg = arch_config(config.target_config)
+        _, rotary_cls, norm_cls = arch_classes(cfg)
+        h, v = config.hidden_size, config.vocab_size
+        vd = self.draft_vocab_size
+        self.fc = nn.Linear(3 * h, h, bias=False)
+        self.midlayer = Eagle3Layer(cfg, norm_cls)
+        self.norm = norm_cls(h, eps=cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(h, vd, bias=False)
+        self.rotary_emb = rotary_cls(cfg)  # non-persistent inv_freq buffer only
+        d2t, t2d = build_vocab_map(torch.zeros(v), vd)  # identity-like until set_vocab_map
+        self.register_buffer("d2t", d2t)
+        self.register_buffer("t2d", t2d)
+
+    @property
+    def draft_vocab_size(self) -> int:
+        v, vd = self.config.vocab_size, self.config.draft_vocab_size
+        return v if vd <= 0 else min(vd, v)
+
+    def feature_layers(self) -> list[int]:
+        return list(self.config.aux_layers)
+
+    @torch.no_grad()
+    def set_vocab_map(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
+        validate_vocab_map(d2t, t2d, self.config.vocab_size)
+        if d2t.numel() != self.lm_head.out_features:
+            raise SelfspecError(
+                f"vocab map has {d2t.numel()} draft tokens, lm_head {self.lm_head.out_features}"
+            )
+        self.d2t.copy_(d2t)
+        self.t2d.copy_(t2d)
+
+    @torch.no_grad()
+    def init_from_target(self) -> None:
+        """Start ``lm_head`` from the target's rows of the draft vocabulary and ``norm`` from its final norm."""
+        ids = torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
+        w = self.target_lm_head.weight
+        self.lm_head.weight.copy_(w[ids.to(w.device)])
+        norm_w = getattr(self.target_norm, "weight", None)
+        if norm_w is not None and norm_w.shape == self.norm.weight.shape:
+            self.norm.weight.copy_(norm_w)
+
+    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary ids -> target ids (``id + d2t[id]``)."""
+        return draft_ids + self.d2t[draft_ids]
+
+    def fuse(self, aux: torch.Tensor) -> torch.Tensor:
+        """aux (B, T, 3H) = concat of the target's low/mid/high states -> (B, T, H)."""
+        return self.fc(aux)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, T, H) (fused, or this drafter's previous output), input_ids (B, T) = tokens at t+1
+        -> (hidden (B, T, H) pre-norm, logits (B, T, Vd) over the draft vocabulary).
+        """
+        emb = self.embed_tokens(input_ids).to(hidden.dtype)  # (B, T, H)
+        mask = causal_bool_mask(attention_mask, cache_len(past_key_values), hidden.shape[1], hidden.device)
+        pos_emb = self.rotary_emb(hidden, position_ids)
+        out = self.midlayer(emb, hidden, pos_emb, mask, past_key_values)  # (B, T, H)
+        return out, project(self.norm(out), self.lm_head.weight)  # == self.lm_head(...), faster for few rows

@@ -109,9 +109,12 @@ def is_rank_zero() -> bool:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log to the console on rank 0 only; other ranks log warnings and errors."""
-    logging.basicConfig(
-        level=level if is_rank_zero() else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """Log INFO on rank 0 only; other ranks log warnings and errors.
+
+    Under Hydra the root logger already has handlers (console + the run's log file), so only its level is set.
+    """
+    root = logging.getLogger()
+    effective = level if is_rank_zero() else logging.WARNING
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    root.setLevel(effective)

@@ -10,14 +10,39 @@ from selfspec.config import JobConf, register_core
 
 
 @dataclass
+class MagpieConf:
+    """How the target writes its own prompts (``data.source=self``, the Magpie method).
+
+    Sampling is hotter than for responses so prompts are diverse; a prompt is kept only if the target ended
+    the user turn itself, it is printable, within the length bounds and not a duplicate.
+    """
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 96  # token budget for one sampled user message
+    min_chars: int = 12
+    max_chars: int = 600
+    max_attempts_factor: int = 8  # at most factor * num_prompts candidates are sampled
+    # When too few candidates pass the filters (e.g. a random test model writing junk bytes), fill the rest
+    # with sanitised, unfinished candidates and warn, instead of failing; false makes that an error.
+    relax_on_shortfall: bool = True
+
+
+@dataclass
 class DataConf:
     source: str = "self"  # self | jsonl | parquet | hub
-    num_prompts: int = 64
+    path: str | None = None  # file for jsonl/parquet, dataset id for hub
+    hub_split: str = "train"
+    num_prompts: int = 64  # conversations in the dataset; for file/hub sources an upper bound (<= 0: all)
     max_new_tokens: int = 64
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     batch_size: int = 8
+    max_assistant_turns: int = 4  # multi-turn sources: assistant turns regenerated per conversation
     eval_fraction: float = 0.1
+    shard_size: int = 64  # conversations per atomically committed shard (the unit of resumption)
+    cache_dir: str | None = None  # default: $SELFSPEC_HOME/datasets
+    magpie: MagpieConf = field(default_factory=MagpieConf)
 
 
 @dataclass

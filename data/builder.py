@@ -1,0 +1,309 @@
+"""Build, cache and resume a self-distilled dataset; see ``selfspec.data`` for the on-disk layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from selfspec.data.magpie import self_prompts
+from selfspec.data.prompts import Conversation, collect, source_records
+from selfspec.data.rollout import Rollout, Sampling
+from selfspec.target import load_target, selfspec_home, tokenizer_fingerprint, weights_fingerprint
+from selfspec.utils import SelfspecError, atomic_dir, atomic_write_json, atomic_write_text, resolve_device
+
+logger = logging.getLogger(__name__)
+
+FEATURES = datasets.Features(
+    {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "loss_mask": datasets.Sequence(datasets.Value("int8")),
+        "prompt_len": datasets.Value("int32"),
+        "prompt_index": datasets.Value("int32"),
+    }
+)
+COMPLETE = "COMPLETE"
+_NOT_IN_KEY = ("batch_size", "shard_size", "cache_dir")  # throughput and location knobs, not content
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def dataset_meta(
+    cfg: DictConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, Any]:
+    """Everything that determines the dataset; its hash names the folder."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    for k in _NOT_IN_KEY:
+        data.pop(k, None)
+    if data["source"] != "self":
+        data.pop("magpie")
+    if (
+        data["source"] in ("jsonl", "parquet")
+        and data.get("path")
+        and Path(data["path"]).expanduser().is_file()
+    ):
+        data["file_sha256"] = _file_digest(data["path"])
+    return {
+        "target": cfg.target.name_or_path,
+        "weights_fingerprint": weights_fingerprint(model),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "data": data,
+        "seed": int(cfg.seed),
+    }
+
+
+def dataset_dir(cfg: DictConfig, meta: dict[str, Any]) -> Path:
+    root = (
+        Path(cfg.data.cache_dir).expanduser() if cfg.data.get("cache_dir") else selfspec_home() / "datasets"
+    )
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(meta["target"])).name)[:40]
+    return root / f"{slug}-{meta['data']['source']}-{digest}"
+
+
+def _target_device(device: str) -> str:
+    """``auto`` under torchrun with several GPUs: each rank takes ``cuda:LOCAL_RANK``."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return str(dev)
+
+
+def _wait_for(path: Path, what: str, poll_s: float = 2.0) -> None:
+    """Other ranks wait for rank 0's commits (a shared filesystem; torchrun kills all ranks if one fails)."""
+    start = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - start > 60:
+            logger.info("waiting for %s (%s)", what, path)
+            start = time.monotonic()
+        time.sleep(poll_s)
+
+
+def make_plan(
+    cfg: DictConfig, rollout: Rollout, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, Any]:
+    """The conversations to answer and their split; written once, so a resumed run answers the same ones."""
+    d = cfg.data
+    if d.source == "self":
+        torch.manual_seed(int(cfg.seed))
+        texts, rejected = self_prompts(model, tokenizer, int(d.num_prompts), d.magpie, int(d.batch_size))
+        convs: list[Conversation] = [[{"role": "user", "content": t}] for t in texts]
+        convs = [c for c in convs if rollout.fits(c)]
+        skipped = {f"self prompt {k}": v for k, v in rejected.items()}
+        if len(convs) < len(texts):
+            skipped["prompt longer than the context"] = len(texts) - len(convs)
+    else:
+        convs, counts = collect(
+            source_records(d.source, d.path, d.hub_split), int(d.num_prompts), rollout.fits
+        )
+        skipped = dict(counts)
+        if d.num_prompts > 0 and len(convs) < d.num_prompts:
+            logger.warning(
+                "the source holds only %d usable conversations of the %d asked", len(convs), d.num_prompts
+            )
+    if not convs:
+        raise SelfspecError(
+            "no usable prompt: every candidate was longer than the context; lower data.max_new_tokens"
+        )
+    n = len(convs)
+    n_eval = round(d.eval_fraction * n)
+    if d.eval_fraction > 0 and n >= 2:
+        n_eval = min(max(1, n_eval), n - 1)
+    eval_idx = sorted(random.Random(int(cfg.seed)).sample(range(n), n_eval))
+    return {
+        "conversations": convs,
+        "eval": eval_idx,
+        "shard_size": max(1, int(d.shard_size)),
+        "skipped": skipped,
+    }
+
+
+def _shard_ids(plan: dict[str, Any]) -> list[int]:
+    return list(range((len(plan["conversations"]) + plan["shard_size"] - 1) // plan["shard_size"]))
+
+
+def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int) -> None:
+    rank, world = _rank_world()
+    size, convs = plan["shard_size"], plan["conversations"]
+    todo = [i for i in _shard_ids(plan) if i % world == rank and not (work / "shards" / f"{i:05d}").exists()]
+    if not todo:
+        return
+    turns = sum(
+        min(rollout.max_turns, sum(m["role"] == "user" for m in c))
+        for i in todo
+        for c in convs[i * size : (i + 1) * size]
+    )
+    bar = tqdm(total=turns, unit="turn", desc=f"generating (rank {rank})", disable=rank != 0)
+    start, tokens = time.monotonic(), 0
+
+    def on_batch(n_turns: int, n_tokens: int) -> None:
+        nonlocal tokens
+        tokens += n_tokens
+        bar.update(n_turns)
+        bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - start, 1e-6):.1f}")
+
+    rollout.on_batch = on_batch
+    for i in todo:
+        torch.manual_seed(seed * 1_000_003 + i)  # a shard's samples do not depend on which rank wrote it
+        samples = rollout.run(convs[i * size : (i + 1) * size])
+        rows = {
+            "input_ids": [s.input_ids for s in samples],
+            "loss_mask": [s.loss_mask for s in samples],
+            "prompt_len": [s.prompt_len for s in samples],
+            "prompt_index": list(range(i * size, i * size + len(samples))),
+        }
+        with atomic_dir(work / "shards" / f"{i:05d}") as tmp:
+            datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp))
+            atomic_write_json(
+                tmp / "stats.json",
+                {
+                    "unfinished_turns": sum(s.unfinished for s in samples),
+                    "turns": sum(s.turns for s in samples),
+                    "tokens": tokens,
+                },
+            )
+    bar.close()
+    logger.info(
+        "rank %d: %d shards, %d generated tokens, %.1f tok/s",
+        rank,
+        len(todo),
+        tokens,
+        tokens / max(time.monotonic() - start, 1e-6),
+    )
+
+
+def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Join the shards into train/eval, write the metadata, then the COMPLETE marker last."""
+    parts, stats = [], Counter()
+    for i in _shard_ids(plan):
+        shard = work / "shards" / f"{i:05d}"
+        _wait_for(shard, f"shard {i} from rank {i % _rank_world()[1]}")
+        parts.append(datasets.load_from_disk(str(shard)))
+        stats.update(json.loads((shard / "stats.json").read_text()))
+    full = datasets.concatenate_datasets(parts)
+    idx = full["prompt_index"]
+    if sorted(idx) != list(range(len(plan["conversations"]))):
+        raise SelfspecError(f"shards in {work} are inconsistent (duplicated or missing prompts): delete it")
+    is_eval = set(plan["eval"])
+    splits = datasets.DatasetDict(
+        {
+            "train": full.filter(lambda r: r["prompt_index"] not in is_eval),
+            "eval": full.filter(lambda r: r["prompt_index"] in is_eval),
+        }
+    )
+    with atomic_dir(work / "dataset") as tmp:
+        splits.save_to_disk(str(tmp))
+    meta = {
+        **meta,
+        "num_samples": {k: len(v) for k, v in splits.items()},
+        "skipped": plan["skipped"],
+        "unfinished_turns": stats["unfinished_turns"],
+        "assistant_turns": stats["turns"],
+    }
+    atomic_write_json(work / "meta.json", meta)
+    atomic_write_text(work / COMPLETE, "ok\n")
+    for i in _shard_ids(plan):  # the dataset holds everything now; shards only served resumption
+        for f in sorted((work / "shards" / f"{i:05d}").rglob("*"), reverse=True):
+            f.rmdir() if f.is_dir() else f.unlink()
+        (work / "shards" / f"{i:05d}").rmdir()
+    (work / "shards").rmdir()
+    if plan["skipped"] or stats["unfinished_turns"]:
+        logger.warning(
+            "skipped: %s; %d of %d assistant turns hit max_new_tokens",
+            plan["skipped"] or "none",
+            stats["unfinished_turns"],
+            stats["turns"],
+        )
+
+
+def build_dataset(
+    cfg: DictConfig, target: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Path:
+    """Build (or reuse, or resume) the dataset ``cfg`` describes; return its DatasetDict folder (train, eval)."""
+    if target is None or tokenizer is None:
+        target, tokenizer = load_target(
+            cfg.target.name_or_path,
+            device=_target_device(cfg.device),
+            dtype=cfg.target.dtype,
+            attn_implementation=cfg.target.attn_implementation,
+        )
+    meta = dataset_meta(cfg, target, tokenizer)
+    work = dataset_dir(cfg, meta)
+    if (work / COMPLETE).exists():
+        logger.info("reusing the dataset in %s", work)
+        return work / "dataset"
+    d = cfg.data
+    rollout = Rollout(
+        target,
+        tokenizer,
+        Sampling(int(d.max_new_tokens), float(d.temperature), float(d.top_p)),
+        batch_size=int(d.batch_size),
+        max_turns=int(d.max_assistant_turns),
+    )
+    rank, _ = _rank_world()
+    plan_file = work / "prompts.json"
+    if not plan_file.exists():
+        if rank == 0:
+            atomic_write_json(plan_file, make_plan(cfg, rollout, target, tokenizer))
+        else:
+            _wait_for(plan_file, "the prompt plan from rank 0")
+    plan = json.loads(plan_file.read_text())
+    logger.info(
+        "dataset %s: %d conversations, %d shards",
+        work.name,
+        len(plan["conversations"]),
+        len(_shard_ids(plan)),
+    )
+    _write_shards(work, plan, rollout, int(cfg.seed))
+    if rank == 0:
+        _assemble(work, plan, meta)
+    else:
+        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset")
+    return work / "dataset"
+
+
+def load_splits(path: str | Path) -> datasets.DatasetDict:
+    """Open a built dataset: the ``dataset`` folder ``build_dataset`` returns, or the folder holding it."""
+    path = Path(path)
+    if (path / "dataset").is_dir():
+        path = path / "dataset"
+    if not (path / "dataset_dict.json").exists():  # committed atomically: present means complete
+        raise SelfspecError(f"{path} is not a complete selfspec dataset: rerun the generation")
+    return datasets.load_from_disk(str(path))
+
+
+def publish(dataset: Path, output_dir: str | Path) -> Path:
+    """Expose a cached dataset as ``output_dir/dataset`` (a symlink, swapped atomically) + ``meta.json``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    link, tmp = out / "dataset", out / f".dataset.tmp-{os.getpid()}"
+    if link.exists() and not link.is_symlink():
+        raise SelfspecError(f"{link} exists and is not a link made by selfspec: move it away")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(dataset.resolve(), target_is_directory=True)
+    os.replace(tmp, link)
+    atomic_write_text(out / "meta.json", (dataset.parent / "meta.json").read_text())
+    return link

@@ -1,0 +1,151 @@
+"""build_dataset on the tiny target: token layout vs the chat template, cache reuse, splits, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfspec.data import build_dataset, load_splits
+from selfspec.utils import SelfspecError
+from tests.data.conftest import compose, write_jsonl
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's byte -> printable-char map that byte-level tokenizers use."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
+    cs, n = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _raw(tok, ids: list[int]) -> bytes:
+    dec, special = _byte_decoder(), set(tok.all_special_tokens)
+    return b"".join(
+        t.encode() if t in special else bytes(dec[c] for c in t) for t in tok.convert_ids_to_tokens(ids)
+    )
+
+
+def _build(tiny_target, tmp_path, *overrides):
+    cfg = compose(
+        [
+            "target=tiny_random",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.max_new_tokens=8",
+            "data.batch_size=4",
+            *overrides,
+        ]
+    )
+    return build_dataset(cfg, *tiny_target)
+
+
+def test_two_turn_loss_mask_matches_chat_template(tiny_target, tmp_path):
+    _, tok = tiny_target
+    user = ["Hello there, who are you?", "And what can you do?"]
+    conv = {
+        "messages": [
+            {"role": "user", "content": user[0]},
+            {"role": "assistant", "content": "(old)"},
+            {"role": "user", "content": user[1]},
+        ]
+    }
+    path = write_jsonl(tmp_path / "two.jsonl", [conv])
+    out = _build(tiny_target, tmp_path, "data.source=jsonl", f"data.path={path}", "data.eval_fraction=0")
+    row = load_splits(out)["train"][0]
+    ids, mask = row["input_ids"], row["loss_mask"]
+    runs = []  # maximal spans of generated tokens
+    for j, m in enumerate(mask):
+        if m and (j == 0 or not mask[j - 1]):
+            runs.append([j, j + 1])
+        elif m:
+            runs[-1][1] = j + 1
+    assert len(runs) == 2 and runs[0][0] == row["prompt_len"]
+    eot = tok.eos_token_id
+    responses = [ids[a:b] for a, b in runs]
+    # Expected bytes: the template rendered with the target's answers in place, eot included when generated.
+    slots = [f"\x00R{k}\x00" for k in range(2)]
+    text = tok.apply_chat_template(
+        [
+            {"role": "user", "content": user[0]},
+            {"role": "assistant", "content": slots[0]},
+            {"role": "user", "content": user[1]},
+            {"role": "assistant", "content": slots[1]},
+        ],
+        tokenize=False,
+    ).encode()
+    expected_mask_bytes = []
+    for slot, resp in zip(slots, responses, strict=True):
+        body = resp[:-1] if resp[-1] == eot else resp
+        text = text.replace(slot.encode(), _raw(tok, body))
+        expected_mask_bytes.append(_raw(tok, resp))
+    raw = _raw(tok, ids)
+    assert text.startswith(raw) and text[len(raw) :] in (b"\n", b"<|im_end|>\n")
+    # Token by token: the first prompt is exactly the template's generation prompt; masked tokens are the answers.
+    first = tok.apply_chat_template(
+        [{"role": "user", "content": user[0]}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert ids[: row["prompt_len"]] == list(first)
+    assert [_raw(tok, ids[a:b]) for a, b in runs] == expected_mask_bytes
+    assert sum(mask) == sum(len(r) for r in responses)
+
+
+def test_reuse_and_rebuild(tiny_target, tmp_path, chat_file):
+    args = ("data.source=jsonl", f"data.path={chat_file}", "data.num_prompts=4")
+    first = _build(tiny_target, tmp_path, *args)
+    marker = first.parent / "COMPLETE"
+    stamp = marker.stat().st_mtime_ns
+    assert _build(tiny_target, tmp_path, *args, "data.batch_size=2") == first  # throughput knobs: same data
+    assert marker.stat().st_mtime_ns == stamp
+    changed = _build(tiny_target, tmp_path, *args, "data.max_new_tokens=6")
+    assert changed != first and (changed.parent / "COMPLETE").exists()
+    meta = json.loads((changed.parent / "meta.json").read_text())
+    assert meta["data"]["max_new_tokens"] == 6 and meta["target"] == "tiny-random"
+    assert {"weights_fingerprint", "tokenizer_fingerprint", "seed", "num_samples"} <= meta.keys()
+
+
+def test_eval_prompts_never_in_train(tiny_target, tmp_path, chat_file):
+    out = _build(
+        tiny_target,
+        tmp_path,
+        "data.source=jsonl",
+        f"data.path={chat_file}",
+        "data.eval_fraction=0.25",
+        "data.shard_size=5",
+    )
+    splits = load_splits(out.parent)
+    train, ev = set(splits["train"]["prompt_index"]), set(splits["eval"]["prompt_index"])
+    assert len(ev) == 3 and not train & ev and train | ev == set(range(12))
+    prompts = json.loads((out.parent / "prompts.json").read_text())["conversations"]
+    assert {prompts[i][0]["content"] for i in ev}.isdisjoint({prompts[i][0]["content"] for i in train})
+    for split in splits.values():
+        for r in split:
+            assert len(r["input_ids"]) == len(r["loss_mask"]) and 0 < r["prompt_len"] < len(r["input_ids"])
+            assert set(r["loss_mask"][: r["prompt_len"]]) == {0}
+
+
+def test_prompts_longer_than_context(tiny_target, tmp_path):
+    ctx = tiny_target[0].config.max_position_embeddings
+    path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "x" * ctx}, {"prompt": "short one"}])
+    out = _build(tiny_target, tmp_path, "data.source=jsonl", f"data.path={path}", "data.eval_fraction=0")
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert meta["skipped"] == {"prompt longer than the context": 1} and meta["num_samples"]["train"] == 1
+    only_long = write_jsonl(tmp_path / "only_long.jsonl", [{"prompt": "x" * ctx}])
+    with pytest.raises(SelfspecError, match="no usable conversation.*longer than the context"):
+        _build(tiny_target, tmp_path, "data.source=jsonl", f"data.path={only_long}")
+
+
+def test_self_prompts_impossible_is_an_error(tiny_target, tmp_path):
+    with pytest.raises(SelfspecError, match="usable prompts"):
+        _build(
+            tiny_target,
+            tmp_path,
+            "data.num_prompts=2",
+            "data.magpie.max_tokens=4",
+            "data.magpie.relax_on_shortfall=false",
+        )

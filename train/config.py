@@ -10,51 +10,71 @@ from omegaconf import MISSING
 
 from selfspec.config import JobConf
 from selfspec.data.config import DataConf, register_data
+from selfspec.heads import DraftModelConfig, Eagle3Config, EagleConfig, MedusaConfig
+
+# The head group's schemas are the drafter families' own config dataclasses (selfspec.heads): user-facing
+# hyper-parameters plus target-derived sizes that build_drafter fills from the target.
+MedusaHeadConf = MedusaConfig
+EagleHeadConf = EagleConfig
+Eagle3HeadConf = Eagle3Config
+DraftModelHeadConf = DraftModelConfig
 
 
 @dataclass
-class MedusaHeadConf:
-    type: str = "medusa"
-    num_heads: int = 4
-    num_layers: int = 1
-    own_lm_head: bool = False
+class LossConf:
+    """Loss weights and options per family (see selfspec.train.losses)."""
 
-
-@dataclass
-class EagleHeadConf:
-    type: str = "eagle"
-
-
-@dataclass
-class Eagle3HeadConf:
-    type: str = "eagle3"
-    ttt_steps: int = 7
-    draft_vocab_size: int = 32000
-
-
-@dataclass
-class DraftModelHeadConf:
-    type: str = "draft_model"
-    num_layers: int = 4
+    medusa_soft: bool = True  # CE to the target's distribution (self-distillation); false: to its argmax
+    head_decay: float = 0.8  # Medusa head k weighs head_decay**k (Medusa-2's lambda_k)
+    feature_weight: float = 1.0  # EAGLE: smooth L1 feature regression
+    ce_weight: float = 0.1  # EAGLE: CE to the target distribution (EAGLE's 0.1 p-loss)
+    ttt_decay: float = 0.8  # EAGLE-3: TTT step j weighs ttt_decay**j
+    divergence: str = "forward_kl"  # draft model: forward_kl | reverse_kl | jsd
+    temperature: float = 1.0  # softens target and drafter distributions alike
 
 
 @dataclass
 class TrainConf:
-    max_steps: int = 100
+    """The training loop: budget, optimiser, schedule, evaluation, checkpoints, export."""
+
+    max_steps: int = 100  # optimiser steps (each = micro_batch_size * grad_accum * world sequences)
     micro_batch_size: int = 4
     grad_accum: int = 1
+    max_seq_len: int = 512  # longer conversations are truncated (prompt first, so the response tail goes)
     lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 50  # 0: only at the end
+    eval_batches: int = 8  # micro batches of the eval split per rank and evaluation (0: all)
+    save_every: int = 100  # 0: no intermediate checkpoints
+    keep_last: int = 2
+    resume: str = "auto"  # auto: continue from output_dir/checkpoints if any | never
+    push_to_hub: str | None = None  # a hub repo id: publish output_dir/drafter there at the end
+    report: bool = True  # end with decode/bench's acceptance report on the eval split
+    report_prompts: int = 8
+    report_max_new_tokens: int = 64
+    loss: LossConf = field(default_factory=LossConf)
 
 
 @dataclass
 class DeepSpeedConf:
-    zero_stage: int = 0
+    """How DeepSpeed runs the drafter (the target stays outside the engine)."""
+
+    zero_stage: int = 0  # 0..3
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp32
+    offload_optimizer: bool = False  # ZeRO-2/3 optimiser state on the CPU (needs DeepSpeed's CPU Adam op)
 
 
 @dataclass
 class LoggerConf:
     type: str = "none"  # none | wandb
+    project: str = "selfspec"
+    run_name: str | None = None  # default: the output folder's name
+    init_timeout: float = 30.0  # seconds; wandb must never hang the job
 
 
 @dataclass

@@ -1,28 +1,127 @@
 """Train a drafter against a frozen target: ``python train/run.py +experiment=medusa``.
 
-Hydra composes ``conf/config.yaml`` with the command line; the run folder (``output_dir``) receives the
-resolved config. Under the deepspeed launcher the extra ``--local_rank=N`` argument is moved to LOCAL_RANK.
+compose config -> seed -> load target -> build/load the dataset -> build drafter -> train -> export -> report.
+Hydra composes ``conf/config.yaml`` with the command line; the run folder (``output_dir``) receives the resolved
+config, checkpoints, the exported drafter and the acceptance report. Under the deepspeed launcher the extra
+``--local_rank=N`` argument is moved to LOCAL_RANK. A user error ends with one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import hydra
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 from selfspec.config import CONFIG_PATH, save_resolved, strip_launcher_args
+from selfspec.data import build_dataset, load_splits
+from selfspec.heads import build_drafter
+from selfspec.heads.registry import drafter_class
+from selfspec.target import load_target, tokenizer_fingerprint
+from selfspec.train.batches import token_counts
 from selfspec.train.config import register_train
-from selfspec.utils import setup_logging
+from selfspec.train.exporter import export_drafter, push_to_hub
+from selfspec.train.loop import Trainer
+from selfspec.train.parallel import init_distributed, local_device
+from selfspec.train.tracking import make_tracker
+from selfspec.utils import SelfspecError, resolve_device, seed_everything, setup_logging
 
 logger = logging.getLogger("selfspec.train")
+
+
+@dataclass
+class TrainResult:
+    folder: Path  # the exported drafter
+    drafter: Any  # the trained drafter module (bound to the target)
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def train_job(cfg: DictConfig) -> TrainResult:
+    """The whole job, callable in-process (tests, benchmarks)."""
+    drafter_class(str(cfg.head.type))  # an unknown drafter type fails before any model is loaded
+    device = local_device(resolve_device(str(cfg.device)))
+    rank, world = init_distributed(device)
+    seed_everything(int(cfg.seed))  # the same on every rank: identical drafter init
+    out = Path(cfg.output_dir)
+    if rank == 0:
+        save_resolved(cfg, out / "config.yaml")
+    target, tokenizer = load_target(
+        str(cfg.target.name_or_path),
+        device=device,
+        dtype=str(cfg.target.dtype),
+        attn_implementation=str(cfg.target.attn_implementation),
+    )
+    dataset_dir = build_dataset(cfg, target, tokenizer)
+    splits = load_splits(dataset_dir)
+    counts = None
+    if cfg.head.type == "eagle3":
+        vocab = int(target.get_output_embeddings().weight.shape[0])
+        counts = token_counts(splits["train"], vocab, int(cfg.train.max_seq_len))
+    seed_everything(int(cfg.seed))
+    drafter = build_drafter(cfg.head, target, token_counts=counts)
+    tracker = make_tracker(cfg.logger, _plain(cfg), out, rank)
+    trainer = Trainer(
+        cfg, target, drafter, splits, int(tokenizer.pad_token_id), out, rank, world, device, tracker
+    )
+    metrics = trainer.fit()
+    summary = f"{len(splits['train'])} train / {len(splits['eval'])} eval conversations written by the target ({dataset_dir})"
+    folder = export_drafter(
+        trainer.engine, drafter, cfg, tokenizer_fingerprint(tokenizer), dataset_dir, summary, metrics
+    )
+    tracker.finish()
+    if rank == 0 and cfg.train.push_to_hub:
+        push_to_hub(folder, str(cfg.train.push_to_hub))
+    if rank == 0 and cfg.train.report:
+        _report(cfg, target, tokenizer, folder, splits["eval"])
+    return TrainResult(folder, drafter, metrics, trainer.history)
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _report(cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_split: Any) -> None:
+    """End with decode/bench's acceptance report on the eval split, when decode/ provides it."""
+    try:
+        from selfspec.decode.report import print_table, run_report
+    except ImportError:
+        logger.info("selfspec.decode.report is not available: skipping the acceptance report")
+        return
+    if len(eval_split) == 0:
+        logger.info("the eval split is empty: skipping the acceptance report")
+        return
+    report = run_report(
+        target,
+        tokenizer,
+        str(folder),
+        eval_split,
+        Path(cfg.output_dir) / "report",
+        max_new_tokens=int(cfg.train.report_max_new_tokens),
+        num_prompts=int(cfg.train.report_prompts),
+    )
+    print_table(report)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    save_resolved(cfg, f"{cfg.output_dir}/config.yaml")
-    logger.info("resolved config written to %s/config.yaml", cfg.output_dir)
+    try:
+        folder = train_job(cfg).folder
+    except SelfspecError as e:
+        logger.error("%s", e)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    logger.info("done: %s", folder)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""End-to-end training on the tiny target: every family trains, exports and reloads; resume; bad input.
+
+About 2-3 minutes on 2 cores (the subprocess and torchrun runs dominate).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from selfspec.heads import load_drafter, target_forward
+from selfspec.train import checkpoints, losses
+from selfspec.utils import SelfspecError
+
+from .conftest import TINY, compose, run_cli
+
+
+def _same_outputs(trained, folder, target, loss_cfg) -> None:
+    """The reloaded drafter gives the trained drafter's per-head losses and agreement, exactly."""
+    reloaded = load_drafter(folder, target=target)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (2, 20), generator=g)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        t = target_forward(target, ids, layers=trained.feature_layers())
+        fn = losses.LOSSES[trained.drafter_type]
+        a = fn(trained.eval(), ids, mask, t.logits, t.hidden, loss_cfg)
+        b = fn(reloaded.eval(), ids, mask, t.logits, t.hidden, loss_cfg)
+    torch.testing.assert_close(a.per_head, b.per_head)
+    torch.testing.assert_close(a.correct, b.correct)
+
+
+@pytest.mark.parametrize("experiment", ["eagle", "eagle3", "draft"])
+def test_family_trains_exports_and_reloads(experiment, tmp_path, data_cache, tiny_target):
+    from selfspec.train.run import train_job
+
+    cfg = compose(
+        [
+            f"+experiment={experiment}",
+            *TINY,
+            "train.max_steps=3",
+            f"data.cache_dir={data_cache}",
+            f"output_dir={tmp_path}",
+            "head.ttt_steps=3" if experiment == "eagle3" else "seed=0",
+        ]
+    )
+    result = train_job(cfg)
+    assert (result.folder / "config.json").is_file()
+    weights = "model.safetensors"
+    assert (result.folder / weights).is_file()
+    assert (result.folder / "README.md").is_file()
+    assert "dataset_dir" in (result.folder / "train_config.yaml").read_text()
+    assert len(result.history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    assert 0.0 <= result.metrics["eval/loss"] < float("inf")
+    _same_outputs(result.drafter, result.folder, tiny_target[0], cfg.train.loss)
+
+
+def test_cli_medusa_with_launcher_arg(tmp_path, data_cache, tiny_target):
+    """The done-when command, plus the ``--local_rank=0`` the deepspeed launcher appends."""
+    proc = run_cli(
+        [
+            "+experiment=medusa",
+            *TINY,
+            "train.max_steps=3",
+            f"data.cache_dir={data_cache}",
+            f"output_dir={tmp_path}",
+            "--local_rank=0",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "drafter"
+    meta = json.loads((folder / "config.json").read_text())["selfspec"]
+    assert meta["drafter_type"] == "medusa"
+    drafter = load_drafter(folder, target=tiny_target[0])
+    hidden = torch.randn(1, 5, drafter.config.hidden_size)
+    torch.testing.assert_close(drafter(hidden), load_drafter(folder, target=tiny_target[0])(hidden))
+    assert (tmp_path / "checkpoints" / "step_0000003" / "selfspec.json").is_file()
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, data_cache, monkeypatch):
+    from selfspec.train.run import train_job
+
+    base = [
+        "+experiment=medusa",
+        *TINY,
+        "train.max_steps=5",
+        "train.save_every=2",
+        "train.warmup_steps=2",
+        f"data.cache_dir={data_cache}",
+    ]
+    full = train_job(compose([*base, f"output_dir={tmp_path / 'full'}"])).history
+
+    real_save = checkpoints.save
+
+    def save_then_die(engine, ckpt_dir, state, *args, **kwargs):
+        real_save(engine, ckpt_dir, state, *args, **kwargs)
+        if state.step == 2:
+            raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+
+    monkeypatch.setattr(checkpoints, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_job(compose([*base, f"output_dir={tmp_path / 'cut'}"]))
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    resumed = train_job(compose([*base, f"output_dir={tmp_path / 'cut'}"])).history
+    assert [r["step"] for r in resumed] == [3, 4, 5]
+    assert all(r["loss"] > 0 for r in full)  # response tokens survive truncation: a real loss
+    for a, b in zip(full[2:], resumed, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_cache, monkeypatch):
+    from selfspec.train.run import train_job
+
+    real, calls = losses.LOSSES["medusa"], {"n": 0}
+
+    def nan_at_third(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setitem(losses.LOSSES, "medusa", nan_at_third)
+    cfg = compose(
+        [
+            "+experiment=medusa",
+            *TINY,
+            "train.max_steps=5",
+            "train.save_every=2",
+            "train.eval_every=0",
+            f"data.cache_dir={data_cache}",
+            f"output_dir={tmp_path}",
+        ]
+    )
+    with pytest.raises(SelfspecError, match="at step 3") as err:
+        train_job(cfg)
+    assert "step_0000002" in str(err.value) and "\n" not in str(err.value)
+    assert checkpoints.latest_tag(tmp_path / "checkpoints") == "step_0000002"
+
+
+def test_checkpoint_of_another_drafter_type_is_refused(tmp_path, data_cache):
+    from selfspec.train.run import train_job
+
+    common = [
+        *TINY,
+        "train.max_steps=1",
+        "train.save_every=1",
+        f"data.cache_dir={data_cache}",
+        f"output_dir={tmp_path}",
+    ]
+    train_job(compose(["+experiment=medusa", *common]))
+    with pytest.raises(
+        SelfspecError, match="holds a 'medusa' drafter checkpoint but this run trains 'eagle'"
+    ):
+        train_job(compose(["+experiment=eagle", *common]))
+
+
+def test_unknown_drafter_type_is_one_clear_line(tmp_path):
+    proc = run_cli(["+experiment=medusa", "head.type=nosuch", "target=tiny_random", f"output_dir={tmp_path}"])
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr  # Hydra's logging goes to stdout
+    errors = [ln for ln in output.splitlines() if "ERROR" in ln]
+    assert len(errors) == 1 and "unknown drafter type 'nosuch'" in errors[0], output[-2000:]
+    assert "Traceback" not in output
+
+
+def test_torchrun_two_ranks_zero3_exports(tmp_path, data_cache, tiny_target):
+    """``torchrun --nproc_per_node 2`` on the CPU (gloo), ZeRO-3: the weights are gathered for the export."""
+    import socket
+    import sys
+
+    with socket.socket() as s:  # torchrun's static rendezvous needs a real port (0 hangs)
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    proc = run_cli(
+        [
+            "+experiment=eagle3",
+            *TINY,
+            "deepspeed=zero3",
+            "train.max_steps=2",
+            "head.ttt_steps=2",
+            f"data.cache_dir={data_cache}",
+            f"output_dir={tmp_path}",
+        ],
+        launcher=launcher,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "drafter"
+    drafter = load_drafter(folder, target=tiny_target[0])
+    assert drafter.drafter_type == "eagle3"
+    assert all(p.numel() > 0 for p in drafter.parameters())

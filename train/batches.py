@@ -1,0 +1,82 @@
+"""Batches of the self-distillation data: a deterministic, resumable order and right-padded collation.
+
+The order of epoch e is ``DistributedSampler(seed, epoch=e)`` over the train split, so a resumed run that
+knows how many micro batches it consumed (``TrainState.micro_step``) continues with exactly the batches the
+uninterrupted run would have seen, without replaying the target on the skipped ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+
+def collate(rows: list[dict[str, Any]], max_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of {input_ids, loss_mask} -> (B, T) tensors, truncated to ``max_len`` and right-padded.
+
+    Right padding keeps every real token's causal prefix free of pads, so no attention mask is needed;
+    padded positions have loss_mask 0 and never count.
+    """
+    ids = [list(r["input_ids"])[:max_len] for r in rows]
+    masks = [list(r["loss_mask"])[:max_len] for r in rows]
+    seq = max(len(x) for x in ids)
+    input_ids = torch.full((len(rows), seq), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), seq), dtype=torch.long)
+    for i, (x, m) in enumerate(zip(ids, masks, strict=True)):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.long)
+    return {"input_ids": input_ids, "loss_mask": loss_mask, "num_tokens": torch.tensor(sum(map(len, ids)))}
+
+
+class Batches:
+    """Micro batches of one split for this rank: ``epoch_iter(epoch, start)`` yields from micro batch ``start``."""
+
+    def __init__(
+        self,
+        split: Any,
+        micro_batch_size: int,
+        max_len: int,
+        pad_id: int,
+        rank: int,
+        world: int,
+        seed: int,
+        shuffle: bool = True,
+    ) -> None:
+        self.split = split
+        self.mbs = micro_batch_size
+        self.max_len = max_len
+        self.pad_id = pad_id
+        self.sampler = DistributedSampler(
+            range(len(split)), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
+
+    def __len__(self) -> int:
+        """Micro batches per epoch on this rank (the same on every rank: the sampler pads)."""
+        return max(1, -(-len(self.sampler) // self.mbs))
+
+    def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        for b in range(start, len(self)):
+            idx = order[b * self.mbs : (b + 1) * self.mbs]
+            yield collate([self.split[int(i)] for i in idx], self.max_len, self.pad_id)
+
+    def stream(self, micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless micro batches starting at global micro batch ``micro_step`` (epochs roll over)."""
+        epoch, start = divmod(micro_step, len(self))
+        while True:
+            yield from self.epoch_iter(epoch, start)
+            epoch, start = epoch + 1, 0
+
+
+def token_counts(split: Any, vocab_size: int, max_len: int) -> torch.Tensor:
+    """(V,) how often each token id occurs at loss_mask positions of ``split`` (EAGLE-3's draft vocabulary)."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for row in split:
+        ids = torch.tensor(row["input_ids"][:max_len], dtype=torch.long)
+        m = torch.tensor(row["loss_mask"][:max_len], dtype=torch.bool)
+        counts += torch.bincount(ids[m], minlength=vocab_size)[:vocab_size]
+    return counts

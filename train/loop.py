@@ -1,0 +1,239 @@
+"""The training loop: the frozen target supplies logits and features online, the DeepSpeed engine trains the
+drafter on them, with evaluation, checkpoints, resumption and a stop on a non-finite loss.
+
+Every rank runs the same number of forwards (train and eval), which ZeRO-3's collective gathers require.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from selfspec.heads import target_forward
+from selfspec.train import checkpoints
+from selfspec.train.batches import Batches
+from selfspec.train.checkpoints import TrainState
+from selfspec.train.losses import DrafterObjective, LossOutput
+from selfspec.train.parallel import all_reduce_sum, parallelize
+from selfspec.train.tracking import Tracker
+from selfspec.utils import SelfspecError
+
+logger = logging.getLogger(__name__)
+
+
+def head_config(drafter: Any) -> dict[str, Any]:
+    """The drafter's hyper-parameters as plain JSON values (what a checkpoint must match to be resumed)."""
+    return json.loads(json.dumps(asdict(drafter.config), default=str))
+
+
+class Metrics:
+    """Running sums of LossOutput tensors; turned into Python numbers only by ``reduce``."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, out: LossOutput) -> None:
+        parts = {
+            "loss": out.loss.detach().reshape(1),
+            "per_head": out.per_head.detach() * out.count,
+            "correct": out.correct.detach(),
+            "count": out.count.detach(),
+        }
+        parts.update({k: v.detach().reshape(1) for k, v in out.extra.items()})
+        for k, v in parts.items():
+            self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float().clone()
+        self.n += 1
+
+    def reduce(self, prefix: str, label: str) -> dict[str, float]:
+        """All-reduce across ranks and return ``{prefix/loss, prefix/top1_<label>1, ...}`` (heads 1-based)."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        flat = torch.cat(
+            [self.sums[k].reshape(-1) for k in keys]
+            + [torch.tensor([float(self.n)], device=self.sums[keys[0]].device)]
+        )
+        flat = all_reduce_sum(flat).cpu()
+        vals, i = {}, 0
+        for k in keys:
+            vals[k], i = flat[i : i + self.sums[k].numel()], i + self.sums[k].numel()
+        n = float(flat[-1])
+        count = vals["count"].clamp(min=1)
+        out = {f"{prefix}/loss": float(vals["loss"].sum()) / max(1.0, n)}
+        for k in sorted(set(keys) - {"loss", "per_head", "correct", "count"}):
+            out[f"{prefix}/{k}"] = float(vals[k].sum()) / max(1.0, n)
+        for h in range(count.numel()):
+            out[f"{prefix}/top1_{label}{h + 1}"] = float(vals["correct"][h] / count[h])
+            out[f"{prefix}/loss_{label}{h + 1}"] = float(vals["per_head"][h] / count[h])
+        return out
+
+
+class Trainer:
+    """Owns the engine, the data streams and the TrainState; ``fit()`` runs to ``train.max_steps``."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        target: Any,
+        drafter: Any,
+        splits: Any,
+        pad_id: int,
+        output_dir: Path,
+        rank: int,
+        world: int,
+        device: torch.device,
+        tracker: Tracker | None = None,
+    ) -> None:
+        self.cfg, self.t = cfg, cfg.train
+        self.target, self.drafter = target, drafter
+        self.device, self.rank = device, rank
+        self.output_dir = output_dir
+        self.ckpt_dir = output_dir / "checkpoints"
+        self.tracker = tracker or Tracker()
+        self.label = "step" if drafter.drafter_type == "eagle3" else "head"
+        self.layers = list(drafter.feature_layers())
+        self.head = head_config(drafter)
+        self.engine = parallelize(DrafterObjective(drafter, self.t.loss), cfg, device, world)
+        mk = {
+            "micro_batch_size": int(self.t.micro_batch_size),
+            "max_len": int(self.t.max_seq_len),
+            "pad_id": pad_id,
+            "rank": rank,
+            "world": world,
+            "seed": int(cfg.seed),
+        }
+        self.train_batches = Batches(splits["train"], shuffle=True, **mk)
+        self.eval_batches = Batches(splits["eval"], shuffle=False, **mk) if len(splits["eval"]) else None
+        self.state = TrainState()
+        self.history: list[dict[str, float]] = []
+
+    # -- one forward -------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        ids = batch["input_ids"].to(self.device)
+        mask = batch["loss_mask"].to(self.device)
+        with torch.no_grad():
+            out = target_forward(self.target, ids, layers=self.layers)
+        return LossOutput(*self.engine(ids, mask, out.logits, out.hidden))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_batches is None:
+            return {}
+        self.engine.eval()
+        metrics, limit = Metrics(), int(self.t.eval_batches) or len(self.eval_batches)
+        for i, batch in enumerate(self.eval_batches.epoch_iter(0)):
+            if i >= limit:
+                break
+            metrics.add(self.forward(batch))
+        self.engine.train()
+        return metrics.reduce("eval", self.label)
+
+    # -- resumption --------------------------------------------------------------------------------------
+
+    def maybe_resume(self) -> None:
+        mode = str(self.t.resume)
+        if mode not in ("auto", "never"):
+            raise SelfspecError(f"train.resume={mode!r}: use auto or never")
+        tag = checkpoints.latest_tag(self.ckpt_dir) if mode == "auto" else None
+        if tag is None:
+            return
+        checkpoints.check_compatible(self.ckpt_dir, tag, self.drafter.drafter_type, self.head)
+        self.state = checkpoints.load(self.engine, self.ckpt_dir, tag)
+        logger.info("resumed from %s at step %d", self.ckpt_dir / tag, self.state.step)
+
+    def save(self) -> None:
+        checkpoints.save(
+            self.engine,
+            self.ckpt_dir,
+            self.state,
+            self.drafter.drafter_type,
+            self.head,
+            OmegaConf.to_yaml(self.cfg, resolve=True),
+            int(self.t.keep_last),
+        )
+
+    def _record(self, row: dict[str, float]) -> None:
+        """Per-step loss, kept in memory and appended to ``output_dir/train_log.jsonl`` (rank 0)."""
+        self.history.append(row)
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def _check_finite(self, out: LossOutput) -> None:
+        """Stop every rank together on a NaN/inf loss, before the optimizer sees its gradients."""
+        bad = all_reduce_sum((~torch.isfinite(out.loss.detach())).float().reshape(1))
+        if bool(bad.item()):
+            last = checkpoints.latest_tag(self.ckpt_dir)
+            kept = (
+                f"the last good checkpoint is {self.ckpt_dir / last}"
+                if last
+                else "no checkpoint was saved yet"
+            )
+            raise SelfspecError(
+                f"non-finite loss ({float(out.loss.detach()):.4g}) at step {self.state.step + 1}: training stopped and "
+                f"{kept}; lower train.lr or check the data, then rerun (train.resume=auto continues from it)"
+            )
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.max_steps``; return the final metrics (train window, eval, throughput)."""
+        self.maybe_resume()
+        max_steps, ga = int(self.t.max_steps), int(self.t.grad_accum)
+        stream = self.train_batches.stream(self.state.micro_step)
+        bar = tqdm(
+            total=max_steps, initial=self.state.step, disable=self.rank != 0, desc="train", unit="step"
+        )
+        window, seen, started = Metrics(), 0, time.perf_counter()
+        train_metrics: dict[str, float] = {}
+        self.engine.train()
+        while self.state.step < max_steps:
+            for _ in range(ga):
+                batch = next(stream)
+                out = self.forward(batch)
+                self._check_finite(out)
+                self.engine.backward(out.loss)
+                self.engine.step()
+                self.state.micro_step += 1
+                seen += int(batch["num_tokens"])
+                window.add(out)
+            self.state.step += 1
+            self._record({"step": self.state.step, "loss": float(out.loss.detach())})
+            bar.update(1)
+            if self.state.step % max(1, int(self.t.log_every)) == 0 or self.state.step == max_steps:
+                train_metrics = window.reduce("train", self.label)
+                train_metrics["train/lr"] = float(self.engine.get_lr()[0])
+                train_metrics["train/tokens_per_s"] = seen / max(1e-9, time.perf_counter() - started)
+                self.tracker.log(train_metrics, self.state.step)
+                bar.set_postfix(
+                    loss=f"{train_metrics['train/loss']:.3f}",
+                    top1=f"{train_metrics.get(f'train/top1_{self.label}1', 0):.2f}",
+                )
+                window = Metrics()
+            every = int(self.t.eval_every)
+            if every > 0 and self.state.step % every == 0 and self.state.step < max_steps:
+                self.tracker.log(self.evaluate(), self.state.step)
+            save_every = int(self.t.save_every)
+            if save_every > 0 and (self.state.step % save_every == 0 or self.state.step == max_steps):
+                self.save()
+        bar.close()
+        elapsed = time.perf_counter() - started
+        final = {**train_metrics, **self.evaluate()}
+        final["train/tokens_per_s"] = (
+            seen / max(1e-9, elapsed) if seen else train_metrics.get("train/tokens_per_s", 0.0)
+        )
+        final["train/steps"] = float(self.state.step)
+        self.tracker.log(final, self.state.step)
+        self.tracker.summary(final)
+        return final

@@ -1,0 +1,237 @@
+"""Training objectives of the drafter families, all distilled from the frozen target's own distributions.
+
+Indexing (one convention for every family): sequence ``x_0 .. x_{T-1}``; the target's logits at position p
+predict ``x_{p+1}``. A drafter row t that predicts ``x_{t+s}`` is compared with the target's logits at
+``t+s-1`` and counts only where ``loss_mask[t+s]`` (the predicted token is one the target wrote).
+
+- Medusa (Cai et al., 2024): head k at t predicts x_{t+k+2}; CE to the target's softened distribution at
+  t+k+1 (or to its argmax), head k weighted ``head_decay**k``.
+- EAGLE (Li et al., 2024): row t reads (feature_t, x_{t+1}) at position t; smooth L1 of its hidden to the
+  target feature at t+1, plus CE of its logits to the target's distribution at t+1.
+- EAGLE-3 (Li et al., 2025): training-time test. Step 0 runs on the fused target features; step j reads its
+  own step-(j-1) hidden at row t with token x_{t+j+1} at position t+j, and predicts x_{t+j+2}. Attention:
+  the keys of every step are kept in one DynamicCache (drafter KV of step i at row t = draft position t+i);
+  a step-j query at row t sees the step-0 keys of rows <= t (the prefix, built from target features) and
+  the keys of row t at steps 1..j (its own draft chain), exactly what a chain drafted at decode time sees.
+  This is SpecForge's/EAGLE-3's layout, written with the drafter's public (mask, cache) interface instead
+  of a custom attention. CE over the draft vocabulary to the target distribution restricted to it
+  (renormalised), step j weighted ``ttt_decay**j``.
+- Draft model: forward KL (or reverse KL / JSD) to the target's distribution at every position.
+
+Per-head / per-step losses stay tensors (``LossOutput``); the loop reduces them only when it logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from selfspec.utils import SelfspecError
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # () weighted total, back-propagated
+    per_head: torch.Tensor  # (K,) unweighted loss of each head / TTT step
+    correct: torch.Tensor  # (K,) valid positions where the drafter's top-1 is the target's top-1
+    count: torch.Tensor  # (K,) valid positions
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. EAGLE's feature loss
+
+
+def _rows(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep only the valid rows: (B, n, V) x2 and (B, n) -> (N, V) x2, in fp32 for the softmaxes."""
+    m = mask.bool()
+    return pred[m].float(), tgt[m].float()
+
+
+def soft_ce(pred: torch.Tensor, tgt: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(N, V) drafter logits, (N, V) target logits -> (N,) cross-entropy to the target's distribution."""
+    p = F.softmax(tgt / temperature, dim=-1)
+    return -(p * F.log_softmax(pred / temperature, dim=-1)).sum(-1)
+
+
+def divergence(pred: torch.Tensor, tgt: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """(N, V) x2 -> (N,): forward KL(p_target || q_draft), reverse KL(q || p) or Jensen-Shannon."""
+    logp = F.log_softmax(tgt / temperature, dim=-1)
+    logq = F.log_softmax(pred / temperature, dim=-1)
+    if kind == "forward_kl":
+        return (logp.exp() * (logp - logq)).sum(-1)
+    if kind == "reverse_kl":
+        return (logq.exp() * (logq - logp)).sum(-1)
+    if kind == "jsd":
+        logm = torch.logsumexp(torch.stack([logp, logq]), dim=0) - torch.log(torch.tensor(2.0))
+        return 0.5 * ((logp.exp() * (logp - logm)).sum(-1) + (logq.exp() * (logq - logm)).sum(-1))
+    raise SelfspecError(f"train.loss.divergence={kind!r}: use forward_kl, reverse_kl or jsd")
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a possibly empty (N,) tensor (0 when empty, keeping the graph)."""
+    return x.sum() / max(1, x.numel())
+
+
+def _stack(
+    losses: list[torch.Tensor],
+    correct: list[torch.Tensor],
+    count: list[int],
+    weights: list[float],
+    device: torch.device,
+) -> LossOutput:
+    per_head = torch.stack(losses)  # (K,)
+    w = torch.tensor(weights, device=device, dtype=per_head.dtype)
+    return LossOutput(
+        loss=(w * per_head).sum(),
+        per_head=per_head,
+        correct=torch.stack(correct).float(),
+        count=torch.tensor(count, device=device, dtype=torch.float32),
+    )
+
+
+def medusa_loss(
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    tgt_logits: torch.Tensor,
+    features: tuple[torch.Tensor, ...],
+    lc: Any,
+) -> LossOutput:
+    logits = drafter(features[0])  # (K, B, T, V)
+    num_heads, _, seq, _ = logits.shape
+    losses, correct, count = [], [], []
+    for k in range(num_heads):
+        n = max(0, seq - k - 2)  # rows whose predicted token x_{t+k+2} exists
+        pred, tgt = _rows(logits[k, :, :n], tgt_logits[:, k + 1 : k + 1 + n], loss_mask[:, k + 2 : k + 2 + n])
+        if lc.medusa_soft:
+            row_loss = soft_ce(pred, tgt, lc.temperature)
+        else:
+            row_loss = F.cross_entropy(pred, tgt.argmax(-1), reduction="none")
+        losses.append(_mean(row_loss))
+        correct.append((pred.argmax(-1) == tgt.argmax(-1)).sum())
+        count.append(pred.shape[0])
+    weights = [lc.head_decay**k for k in range(num_heads)]
+    return _stack(losses, correct, count, weights, logits.device)
+
+
+def eagle_loss(
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    tgt_logits: torch.Tensor,
+    features: tuple[torch.Tensor, ...],
+    lc: Any,
+) -> LossOutput:
+    feat = features[0]  # (B, T, H)
+    b, seq = input_ids.shape
+    r = seq - 1  # rows t = 0 .. T-2 read (feature_t, x_{t+1})
+    pos = torch.arange(r, device=input_ids.device).expand(b, r)
+    hidden, logits = drafter(feat[:, :r], input_ids[:, 1:], pos)  # (B, R, H), (B, R, V)
+    n = seq - 2  # rows whose predicted token x_{t+2} exists
+    m = loss_mask[:, 2 : 2 + n].bool()
+    pred, tgt = _rows(logits[:, :n], tgt_logits[:, 1 : 1 + n], m)
+    ce = _mean(soft_ce(pred, tgt, lc.temperature))
+    reg = F.smooth_l1_loss(hidden[:, :n][m].float(), feat[:, 1 : 1 + n][m].float(), reduction="none")
+    feat_loss = _mean(reg.mean(-1))
+    out = _stack(
+        [ce], [(pred.argmax(-1) == tgt.argmax(-1)).sum()], [pred.shape[0]], [lc.ce_weight], logits.device
+    )
+    out.loss = out.loss + lc.feature_weight * feat_loss
+    out.extra["feature_loss"] = feat_loss
+    return out
+
+
+def ttt_mask(rows: int, step: int, batch: int, device: torch.device) -> torch.Tensor:
+    """(B, 1, R, R*(step+1)) bool: causal over the step-0 keys, the diagonal of each later step's keys."""
+    causal = torch.ones(rows, rows, dtype=torch.bool, device=device).tril()
+    eye = torch.eye(rows, dtype=torch.bool, device=device)
+    return torch.cat([causal] + [eye] * step, dim=1)[None, None].expand(batch, 1, rows, -1)
+
+
+def _shift_ids(input_ids: torch.Tensor, start: int, rows: int) -> torch.Tensor:
+    """input_ids[:, start : start+rows], right-padded with 0 where the sequence ends (those rows never count)."""
+    ids = input_ids[:, start : start + rows]
+    return F.pad(ids, (0, rows - ids.shape[1]), value=0)
+
+
+def eagle3_loss(
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    tgt_logits: torch.Tensor,
+    features: tuple[torch.Tensor, ...],
+    lc: Any,
+) -> LossOutput:
+    b, seq = input_ids.shape
+    r = seq - 1
+    steps = int(drafter.config.ttt_steps)
+    draft_ids = torch.arange(drafter.d2t.numel(), device=input_ids.device)
+    draft_to_target = draft_ids + drafter.d2t  # (Vd,) target id of each draft id
+    hidden = drafter.fuse(torch.cat(features, dim=-1)[:, :r])  # (B, R, H)
+    cache = DynamicCache()
+    base_pos = torch.arange(r, device=input_ids.device).expand(b, r)
+    losses, correct, count = [], [], []
+    for j in range(steps):
+        mask = ttt_mask(r, j, b, input_ids.device)
+        hidden, logits = drafter(hidden, _shift_ids(input_ids, 1 + j, r), base_pos + j, mask, cache)
+        n = max(0, seq - j - 2)  # rows whose predicted token x_{t+j+2} exists
+        pred, tgt = _rows(logits[:, :n], tgt_logits[:, j + 1 : j + 1 + n], loss_mask[:, j + 2 : j + 2 + n])
+        losses.append(_mean(soft_ce(pred, tgt[:, draft_to_target], lc.temperature)))
+        correct.append((draft_to_target[pred.argmax(-1)] == tgt.argmax(-1)).sum())
+        count.append(pred.shape[0])
+    weights = [lc.ttt_decay**j for j in range(steps)]
+    return _stack(losses, correct, count, weights, input_ids.device)
+
+
+def draft_model_loss(
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    tgt_logits: torch.Tensor,
+    features: tuple[torch.Tensor, ...],
+    lc: Any,
+) -> LossOutput:
+    logits = drafter(input_ids)  # (B, T, V)
+    n = input_ids.shape[1] - 1
+    pred, tgt = _rows(logits[:, :n], tgt_logits[:, :n], loss_mask[:, 1 : 1 + n])
+    v = min(pred.shape[-1], tgt.shape[-1])  # a padded lm_head on either side
+    loss = _mean(divergence(pred[:, :v], tgt[:, :v], lc.divergence, lc.temperature))
+    return _stack([loss], [(pred.argmax(-1) == tgt.argmax(-1)).sum()], [pred.shape[0]], [1.0], logits.device)
+
+
+LossFn = Callable[..., LossOutput]
+LOSSES: dict[str, LossFn] = {
+    "medusa": medusa_loss,
+    "eagle": eagle_loss,
+    "eagle3": eagle3_loss,
+    "draft_model": draft_model_loss,
+}
+
+
+class DrafterObjective(nn.Module):
+    """The drafter plus its family's loss: the module DeepSpeed wraps, so one engine call is one loss.
+
+    The drafter is its only child (``drafter.*`` in the state dict); the target's outputs come in as inputs.
+    """
+
+    def __init__(self, drafter: nn.Module, loss_cfg: Any) -> None:
+        super().__init__()
+        self.drafter = drafter
+        self.loss_cfg = loss_cfg
+        if drafter.drafter_type not in LOSSES:
+            raise SelfspecError(f"no training objective for drafter type {drafter.drafter_type!r}")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        loss_mask: torch.Tensor,
+        tgt_logits: torch.Tensor,
+        features: tuple[torch.Tensor, ...],
+    ) -> tuple[Any, ...]:
+        """LossOutput's fields as a tuple: ZeRO-3's hooks find tensors in tuples, not in dataclasses."""
+        fn = LOSSES[self.drafter.drafter_type]
+        o = fn(self.drafter, input_ids, loss_mask, tgt_logits, features, self.loss_cfg)
+        return o.loss, o.per_head, o.correct, o.count, o.extra

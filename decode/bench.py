@@ -1,0 +1,38 @@
+"""Benchmark a trained drafter: ``python decode/bench.py drafter=outputs/eagle/drafter max_new_tokens=128``.
+
+Runs held-out prompts through the target alone, transformers' prompt lookup and assisted generation, and
+selfspec's decoder; writes bench.json, bench.md and acceptance.png to ``output_dir`` and prints the table.
+Options: conf/bench.yaml (``drafter=[P1,P2]`` compares several drafters in one run; ``prompts=FILE.jsonl``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from selfspec.config import CONFIG_PATH
+from selfspec.decode.bench_setup import bench_from_config
+from selfspec.decode.report import print_table, register_bench
+from selfspec.utils import SelfspecError, setup_logging
+
+logger = logging.getLogger("selfspec.decode.bench")
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base=None)
+def main(cfg: DictConfig) -> None:
+    setup_logging()
+    try:
+        report = bench_from_config(cfg)
+    except SelfspecError as e:
+        logger.error("%s", e)
+        sys.exit(2)
+    print_table(report)
+    logger.info("wrote bench.json, bench.md and acceptance.png to %s", cfg.output_dir)
+
+
+if __name__ == "__main__":
+    register_bench()
+    main()

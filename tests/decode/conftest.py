@@ -1,0 +1,14 @@
+"""Decode tests run many tiny forwards: one intra-op thread avoids oversubscription stalls on a shared CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

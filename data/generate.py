@@ -8,7 +8,6 @@ own shards. See ``selfspec.data`` for the layout.
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 from selfspec.config import CONFIG_PATH, save_resolved, strip_launcher_args
 from selfspec.data.builder import build_dataset, load_splits, publish
 from selfspec.data.config import register_data
-from selfspec.utils import SelfspecError, is_rank_zero, setup_logging
+from selfspec.utils import exit_on_user_error, is_rank_zero, setup_logging
 
 logger = logging.getLogger("selfspec.data")
 
@@ -24,11 +23,8 @@ logger = logging.getLogger("selfspec.data")
 @hydra.main(config_path=CONFIG_PATH, config_name="generate", version_base=None)
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    try:
+    with exit_on_user_error(logger):
         path = build_dataset(cfg)
-    except SelfspecError as e:
-        logger.error("%s", e)
-        sys.exit(1)
     if is_rank_zero():
         save_resolved(cfg, f"{cfg.output_dir}/config.yaml")
         link = publish(path, cfg.output_dir)

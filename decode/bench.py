@@ -8,7 +8,6 @@ Options: conf/bench.yaml (``drafter=[P1,P2]`` compares several drafters in one r
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 from selfspec.config import CONFIG_PATH
 from selfspec.decode.bench_setup import bench_from_config
 from selfspec.decode.report import print_table, register_bench
-from selfspec.utils import SelfspecError, setup_logging
+from selfspec.utils import exit_on_user_error, setup_logging
 
 logger = logging.getLogger("selfspec.decode.bench")
 
@@ -24,11 +23,8 @@ logger = logging.getLogger("selfspec.decode.bench")
 @hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base=None)
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    try:
+    with exit_on_user_error(logger):
         report = bench_from_config(cfg)
-    except SelfspecError as e:
-        logger.error("%s", e)
-        sys.exit(2)
     print_table(report)
     logger.info("wrote bench.json, bench.md and acceptance.png to %s", cfg.output_dir)
 

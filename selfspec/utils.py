@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,16 @@ import torch
 
 class SelfspecError(RuntimeError):
     """An error a user can fix; its message is one line saying what was wrong and what to do."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error(logger: logging.Logger) -> Iterator[None]:
+    """At a command-line entry: a ``SelfspecError`` becomes its one-line message and exit code 1, no traceback."""
+    try:
+        yield
+    except SelfspecError as e:
+        logger.error("%s", e)
+        sys.exit(1)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -8,7 +8,6 @@ model). The config is ``conf/export.yaml`` (schema ``ExportJobConf``).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 import hydra
@@ -16,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from selfspec.config import CONFIG_PATH
-from selfspec.utils import SelfspecError, setup_logging
+from selfspec.utils import exit_on_user_error, setup_logging
 
 logger = logging.getLogger("selfspec.train.export")
 
@@ -42,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     setup_logging()
     from selfspec.heads.formats import export
 
-    try:
+    with exit_on_user_error(logger):
         out = export(
             cfg.drafter,
             cfg.format,
@@ -52,9 +51,6 @@ def main(cfg: DictConfig) -> None:
             speculative_tokens=int(cfg.speculative_tokens),
             include_embeddings=bool(cfg.include_embeddings),
         )
-    except SelfspecError as e:
-        logger.error("%s", e)
-        sys.exit(1)
     logger.info("exported to %s", out)
 
 

@@ -9,7 +9,6 @@ config, checkpoints, the exported drafter and the acceptance report. Under the d
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from selfspec.train.exporter import export_drafter, push_to_hub
 from selfspec.train.loop import Trainer
 from selfspec.train.parallel import init_distributed, local_device
 from selfspec.train.tracking import make_tracker
-from selfspec.utils import SelfspecError, resolve_device, seed_everything, setup_logging
+from selfspec.utils import exit_on_user_error, resolve_device, seed_everything, setup_logging
 
 logger = logging.getLogger("selfspec.train")
 
@@ -89,12 +88,9 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _report(cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_split: Any) -> None:
-    """End with decode/bench's acceptance report on the eval split, when decode/ provides it."""
-    try:
-        from selfspec.decode.report import print_table, run_report
-    except ImportError:
-        logger.info("selfspec.decode.report is not available: skipping the acceptance report")
-        return
+    """End with decode/bench's acceptance report on the eval split."""
+    from selfspec.decode.report import print_table, run_report
+
     if len(eval_split) == 0:
         logger.info("the eval split is empty: skipping the acceptance report")
         return
@@ -114,10 +110,8 @@ def _report(cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_spl
 def main(cfg: DictConfig) -> None:
     setup_logging()
     try:
-        folder = train_job(cfg).folder
-    except SelfspecError as e:
-        logger.error("%s", e)
-        sys.exit(1)
+        with exit_on_user_error(logger):
+            folder = train_job(cfg).folder
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """Lossless speculative decoding with selfspec drafters, and its acceptance report.
 
 from selfspec.decode import SpeculativeDecoder
-dec = SpeculativeDecoder.from_pretrained("outputs/eagle/export")
+dec = SpeculativeDecoder.from_pretrained("outputs/eagle/drafter")
 res = dec.generate(input_ids, max_new_tokens=128)
 res.sequences, res.stats.mean_accepted_tokens
 """

@@ -77,6 +77,13 @@ class Medusa(Drafter):
         """(B, T, H) -> (K, B, T, H): the residual stacks of all heads."""
         return torch.stack([head(hidden) for head in self.heads])
 
+    def head_logits(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """(..., H) states of head k -> (..., V) logits (training projects only the rows that count)."""
+        if self.lm_head is None:
+            head = self.target_lm_head
+            return project(z, head.weight, head.bias)
+        return project(z, self.lm_head[k])
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, H) = target ``hidden_states[L]`` -> logits (K, B, T, V); head k predicts t+k+2."""
         z = self.head_states(hidden)  # (K, B, T, H)

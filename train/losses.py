@@ -100,12 +100,14 @@ def medusa_loss(
     features: tuple[torch.Tensor, ...],
     lc: Any,
 ) -> LossOutput:
-    logits = drafter(features[0])  # (K, B, T, V)
-    num_heads, _, seq, _ = logits.shape
+    z = drafter.head_states(features[0])  # (K, B, T, H)
+    num_heads, _, seq, _ = z.shape
     losses, correct, count = [], [], []
     for k in range(num_heads):
         n = max(0, seq - k - 2)  # rows whose predicted token x_{t+k+2} exists
-        pred, tgt = _rows(logits[k, :, :n], tgt_logits[:, k + 1 : k + 1 + n], loss_mask[:, k + 2 : k + 2 + n])
+        m = loss_mask[:, k + 2 : k + 2 + n].bool()
+        pred = drafter.head_logits(z[k, :, :n][m], k).float()  # (N, V): only rows that count hit the lm_head
+        tgt = tgt_logits[:, k + 1 : k + 1 + n][m].float()
         if lc.medusa_soft:
             row_loss = soft_ce(pred, tgt, lc.temperature)
         else:
@@ -114,7 +116,7 @@ def medusa_loss(
         correct.append((pred.argmax(-1) == tgt.argmax(-1)).sum())
         count.append(pred.shape[0])
     weights = [lc.head_decay**k for k in range(num_heads)]
-    return _stack(losses, correct, count, weights, logits.device)
+    return _stack(losses, correct, count, weights, z.device)
 
 
 def eagle_loss(

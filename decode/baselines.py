@@ -163,16 +163,8 @@ def measure(
 
 
 def _fill_decoder_stats(run: PromptRun, stats: Any) -> None:
-    """Per-position counts from the decoder's stats: exact counts when it exposes them, else its rates weighted
-    by its number of steps (so prompts with more steps weigh more, as with counts)."""
+    """Per-position counts from the decoder's stats."""
     run.decoder_mean_accepted = float(stats.mean_accepted_tokens)
     if run.target_forwards == 0:  # the decoder bypassed the hooked module: trust its own count
         run.target_forwards = int(stats.target_forwards)
-    reached = getattr(stats, "offered_by_position", None)
-    accepted = getattr(stats, "accepted_by_position", None)
-    if reached is not None and accepted is not None:
-        run.drafted, run.accepted = [int(x) for x in reached], [int(x) for x in accepted]
-        return
-    steps = max(int(getattr(stats, "steps", 0) or stats.target_forwards), 1)
-    run.drafted = [steps] * len(stats.acceptance_by_position)
-    run.accepted = [float(r) * steps for r in stats.acceptance_by_position]
+    run.drafted, run.accepted = list(stats.offered_by_position), list(stats.accepted_by_position)

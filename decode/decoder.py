@@ -42,6 +42,8 @@ class DecodeStats:
     target_forwards: int = 0
     mean_accepted_tokens: float = 0.0
     acceptance_by_position: list[float] = field(default_factory=list)
+    offered_by_position: list[int] = field(default_factory=list)  # the counts behind the rates above
+    accepted_by_position: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0
     steps: int = 0
 
@@ -261,6 +263,8 @@ class _Run:
         s.mean_accepted_tokens = float(self.tok_sum / self.rows_sum.clamp(min=1))
         used = int((self.offered > 0).sum())
         s.acceptance_by_position = (self.accepted[:used] / self.offered[:used]).tolist()
+        s.offered_by_position = [int(x) for x in self.offered[:used].tolist()]
+        s.accepted_by_position = [int(x) for x in self.accepted[:used].tolist()]
         return GenerateResult(self.out[:, :width].clone(), s)
 
 

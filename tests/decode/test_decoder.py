@@ -61,6 +61,13 @@ def _check(dec, tiny_target, batch):
     s = four.stats
     assert s.new_tokens == int((ref[:, 9:] != tok.pad_token_id).sum()) or eos == tok.pad_token_id
     assert s.target_forwards >= 1 and s.mean_accepted_tokens >= 1.0
+    for st in (one.stats, four.stats):  # the rates are the counts' ratios; deeper positions are reached less
+        assert len(st.offered_by_position) == len(st.acceptance_by_position)
+        for rate, off, got in zip(
+            st.acceptance_by_position, st.offered_by_position, st.accepted_by_position, strict=True
+        ):
+            assert 0 <= got <= off and rate == pytest.approx(got / off)
+        assert st.offered_by_position == sorted(st.offered_by_position, reverse=True)
     return one, four
 
 

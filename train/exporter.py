@@ -36,7 +36,11 @@ def model_card(
 ) -> str:
     """A short README.md: what the drafter is, for which target, on what data, how good, how to load it."""
     label = "step" if drafter.drafter_type == "eagle3" else "head"
-    rows = [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()) if k.startswith(("eval/top1", "train/"))]
+    rows = [
+        f"| {k} | {v:.4g} |"
+        for k, v in sorted(metrics.items())
+        if k.startswith(("eval/top1", "eval_untrained/top1", "train/"))
+    ]
     table = "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "(no metrics recorded)"
     extra = ""
     if drafter.drafter_type == "draft_model":

@@ -195,6 +195,10 @@ class Trainer:
         bar = tqdm(
             total=max_steps, initial=self.state.step, disable=self.rank != 0, desc="train", unit="step"
         )
+        untrained: dict[str, float] = {}
+        if self.state.step == 0 and int(self.t.eval_every) > 0:  # the baseline the trained drafter must beat
+            untrained = {k.replace("eval/", "eval_untrained/"): v for k, v in self.evaluate().items()}
+            self.tracker.log(untrained, 0)
         window, seen, started = Metrics(), 0, time.perf_counter()
         train_metrics: dict[str, float] = {}
         self.engine.train()
@@ -229,7 +233,7 @@ class Trainer:
                 self.save()
         bar.close()
         elapsed = time.perf_counter() - started
-        final = {**train_metrics, **self.evaluate()}
+        final = {**untrained, **train_metrics, **self.evaluate()}
         final["train/tokens_per_s"] = (
             seen / max(1e-9, elapsed) if seen else train_metrics.get("train/tokens_per_s", 0.0)
         )

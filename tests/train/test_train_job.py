@@ -54,6 +54,8 @@ def test_family_trains_exports_and_reloads(experiment, tmp_path, data_cache, tin
     assert "dataset_dir" in (result.folder / "train_config.yaml").read_text()
     assert len(result.history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
     assert 0.0 <= result.metrics["eval/loss"] < float("inf")
+    untrained = {k for k in result.metrics if k.startswith("eval_untrained/top1")}
+    assert untrained and {k.replace("eval_untrained/", "eval/") for k in untrained} <= set(result.metrics)
     _same_outputs(result.drafter, result.folder, tiny_target[0], cfg.train.loss)
 
 

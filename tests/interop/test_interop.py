@@ -2,6 +2,8 @@
 
 Slow (venv creation + installs, minutes): skipped unless ``SELFSPEC_INTEROP=1``; run by ``scripts/interop_check.sh``.
 ``SELFSPEC_INTEROP_VENVS=DIR`` reuses venvs across runs (default: a fresh temporary folder).
+``SELFSPEC_INTEROP_TRAINED=RUNS`` checks the drafters trained on the embedded target instead (``RUNS/eagle3/drafter``
+and ``RUNS/medusa/drafter``, e.g. from ``make reproduce``); default: random drafters on the tiny target.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfspec.heads import build_drafter, save_drafter
+from selfspec.heads import build_drafter, load_drafter, save_drafter
 from selfspec.heads.formats import export, import_drafter
-from selfspec.target import TINY_TARGET, resolve_target_path, tokenizer_fingerprint
+from selfspec.target import (
+    EMBEDDED_TARGET,
+    TINY_TARGET,
+    load_target,
+    resolve_target_path,
+    tokenizer_fingerprint,
+)
 
 pytestmark = [
     pytest.mark.interop,
@@ -48,6 +56,15 @@ SPECULATORS = [
 ]
 ECONOMIZE = [["torch==2.13.0", "economize==0.3.2"]]
 PROMPTS = ["Hello there, how are", "The capital of France", "1 2 3 4 5"]
+TRAINED = os.environ.get("SELFSPEC_INTEROP_TRAINED")
+
+
+@pytest.fixture(scope="module")
+def interop_target(tiny_target):
+    """``(name, model, tokenizer)``: the embedded target with trained drafters, else the tiny target."""
+    if TRAINED:
+        return (EMBEDDED_TARGET, *load_target(EMBEDDED_TARGET, device="cpu", dtype="fp32"))
+    return (TINY_TARGET, *tiny_target)
 
 
 def make_venv(name: str, installs: list[list[str]]) -> Path:
@@ -78,25 +95,29 @@ def run_client(python: Path, script: str, *args: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def drafters(tiny_target, tmp_path_factory):
-    model, tok = tiny_target
-    torch.manual_seed(0)
-    e3 = build_drafter(
-        {"type": "eagle3", "draft_vocab_size": 128, "aux_layers": [1, 2, 3]},
-        model,
-        torch.rand(model.config.vocab_size),
-    )
-    med = build_drafter({"type": "medusa", "num_heads": 3}, model)
-    for d in (e3, med):
-        with torch.no_grad():
-            for p in d.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
+def drafters(interop_target, tmp_path_factory):
+    name, model, tok = interop_target
     root = tmp_path_factory.mktemp("interop")
-    fp = tokenizer_fingerprint(tok)
-    native = {
-        "eagle3": save_drafter(e3, root / "eagle3", TINY_TARGET, fp),
-        "medusa": save_drafter(med, root / "medusa", TINY_TARGET, fp),
-    }
+    if TRAINED:
+        native = {kind: Path(TRAINED) / kind / "drafter" for kind in ("eagle3", "medusa")}
+        e3, med = (load_drafter(native[k], model, tok) for k in ("eagle3", "medusa"))
+    else:
+        torch.manual_seed(0)
+        e3 = build_drafter(
+            {"type": "eagle3", "draft_vocab_size": 128, "aux_layers": [1, 2, 3]},
+            model,
+            torch.rand(model.config.vocab_size),
+        )
+        med = build_drafter({"type": "medusa", "num_heads": 3}, model)
+        for d in (e3, med):
+            with torch.no_grad():
+                for p in d.parameters():
+                    p.add_(torch.randn_like(p) * 0.02)
+        fp = tokenizer_fingerprint(tok)
+        native = {
+            "eagle3": save_drafter(e3, root / "eagle3", name, fp),
+            "medusa": save_drafter(med, root / "medusa", name, fp),
+        }
     exports = {
         fmt: export(native[kind], fmt, root / fmt, target=model)
         for fmt, kind in (("speculators", "eagle3"), ("sglang", "eagle3"), ("medusa", "medusa"))
@@ -104,8 +125,8 @@ def drafters(tiny_target, tmp_path_factory):
     return {"eagle3": e3, "medusa": med, "native": native, "exports": exports, "root": root}
 
 
-def test_speculators_loads_export_with_same_logits(drafters, tiny_target):
-    model, _ = tiny_target
+def test_speculators_loads_export_with_same_logits(drafters, interop_target):
+    _, model, _ = interop_target
     python = make_venv("speculators", SPECULATORS)
     e3 = drafters["eagle3"]
     torch.manual_seed(3)
@@ -127,7 +148,7 @@ def test_speculators_loads_export_with_same_logits(drafters, tiny_target):
         root / "spec_out.pt",
     )
     theirs = torch.load(root / "spec_out.pt")
-    assert theirs["class"] == "Eagle3DraftModel" and theirs["aux_ids"] == [1, 2, 3]
+    assert theirs["class"] == "Eagle3DraftModel" and theirs["aux_ids"] == e3.feature_layers()
     torch.testing.assert_close(theirs["logits"], ours, rtol=1e-4, atol=1e-5)
     assert torch.equal(theirs["draft_tokens"], ours.argmax(-1))
 
@@ -146,8 +167,8 @@ def _selfspec_decode(model, drafter, prompts, max_new, depth):
 
 
 @pytest.mark.parametrize("fmt", ["speculators", "sglang", "medusa"])
-def test_economize_decodes_export_losslessly(drafters, tiny_target, fmt):
-    model, tok = tiny_target
+def test_economize_decodes_export_losslessly(drafters, interop_target, fmt):
+    name, model, tok = interop_target
     python = make_venv("economize", ECONOMIZE)
     root, max_new, cycle = drafters["root"], 24, 4
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
@@ -156,7 +177,7 @@ def test_economize_decodes_export_losslessly(drafters, tiny_target, fmt):
     run_client(
         python,
         "economize_client.py",
-        resolve_target_path(TINY_TARGET),
+        resolve_target_path(name),
         drafters["exports"][fmt],
         root / "prompts.json",
         max_new,
@@ -174,8 +195,8 @@ def test_economize_decodes_export_losslessly(drafters, tiny_target, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["speculators", "sglang", "medusa"])
-def test_import_back_decodes_like_native(drafters, tiny_target, fmt):
-    model, tok = tiny_target
+def test_import_back_decodes_like_native(drafters, interop_target, fmt):
+    _, model, tok = interop_target
     kind = "medusa" if fmt == "medusa" else "eagle3"
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     native = import_drafter(drafters["native"][kind], target=model, tokenizer=tok)

@@ -49,7 +49,6 @@ FORMATS = ("speculators", "sglang", "medusa", "eagle1", "transformers")
 SIDECAR = "selfspec_export.json"
 MEDUSA_WEIGHTS = "medusa_lm_head.safetensors"
 WEIGHTS = "model.safetensors"
-_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _LAYER_KEYS = (
     "model_type",
     "hidden_size",
@@ -75,12 +74,14 @@ _LAYER_KEYS = (
 
 
 def verifier_name(target_name: str) -> str:
-    """What an engine should load as the target: the hub id of a built-in target, else the name as given."""
-    if target_name in _HUB_IDS:
-        return _HUB_IDS[target_name]
-    if target_name == "tiny-random":
-        from selfspec.target import resolve_target_path
+    """What an engine should load as the target: a built-in target's local folder, else the name as given.
 
+    The embedded target is the dequantised GGUF, not the hub's original weights, so its folder is the model the
+    drafter was trained against; pass ``verifier=<hub id>`` to export for publishing instead.
+    """
+    from selfspec.target import EMBEDDED_TARGET, TINY_TARGET, resolve_target_path
+
+    if target_name in (EMBEDDED_TARGET, TINY_TARGET):
         return resolve_target_path(target_name)
     return target_name
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from selfspec.heads import build_drafter
 
 FAMILIES = ["medusa", "eagle", "eagle3", "draft_model"]

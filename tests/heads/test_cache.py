@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from selfspec.heads import target_forward
 from transformers import DynamicCache
+
+from selfspec.heads import target_forward
 
 from .conftest import make_drafter
 

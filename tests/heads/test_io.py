@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from selfspec.heads import build_drafter, load_drafter, read_metadata, save_drafter
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from selfspec.heads import build_drafter, load_drafter, read_metadata, save_drafter
 from selfspec.target import tokenizer_fingerprint
 from selfspec.utils import SelfspecError
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from selfspec.heads import DRAFTERS, Medusa, build_drafter, target_forward
 
+from selfspec.heads import DRAFTERS, Medusa, build_drafter, target_forward
 from selfspec.utils import SelfspecError
 
 from .conftest import FAMILIES, draft_outputs, make_drafter

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from selfspec.heads import aux_layer_ids_for, build_vocab_map, default_aux_layers, validate_vocab_map
 
+from selfspec.heads import aux_layer_ids_for, build_vocab_map, default_aux_layers, validate_vocab_map
 from selfspec.utils import SelfspecError
 
 

@@ -169,7 +169,7 @@ def load_drafter(
     folder = resolve_drafter_path(path)
     fmt = detect_format(folder)
     if fmt != "selfspec":
-        from selfspec.heads.formats import bind_checked, read_external
+        from selfspec.heads.format_import import bind_checked, read_external
 
         drafter = read_external(folder, json.loads((folder / CONFIG).read_text()), target)
         _check_type(drafter, expected_type, folder)

@@ -39,7 +39,7 @@ def register_export(cs: ConfigStore | None = None) -> None:
 @hydra.main(config_path=CONFIG_PATH, config_name="export", version_base=None)
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    from selfspec.heads.formats import export
+    from selfspec.heads.format_export import export
 
     with exit_on_user_error(logger):
         out = export(

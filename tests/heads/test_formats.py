@@ -10,7 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from selfspec.heads import build_drafter, load_drafter
 from selfspec.heads.eagle3 import Eagle3
-from selfspec.heads.formats import SIDECAR, export, import_drafter
+from selfspec.heads.format_export import export
+from selfspec.heads.format_import import import_drafter
+from selfspec.heads.formats import SIDECAR
 from selfspec.utils import SelfspecError
 
 TARGET = "tiny-random"

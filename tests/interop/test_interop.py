@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from selfspec.heads import build_drafter, load_drafter, save_drafter
-from selfspec.heads.formats import export, import_drafter
+from selfspec.heads.format_export import export
+from selfspec.heads.format_import import import_drafter
 from selfspec.target import (
     EMBEDDED_TARGET,
     TINY_TARGET,

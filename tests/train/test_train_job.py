@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from selfspec.heads import load_drafter, target_forward
+from selfspec.heads.format_import import import_drafter
 from selfspec.train import checkpoints, losses
 from selfspec.utils import SelfspecError
 
@@ -78,6 +79,19 @@ def test_cli_medusa_with_launcher_arg(tmp_path, data_cache, tiny_target):
     drafter = load_drafter(folder, target=tiny_target[0])
     hidden = torch.randn(1, 5, drafter.config.hidden_size)
     torch.testing.assert_close(drafter(hidden), load_drafter(folder, target=tiny_target[0])(hidden))
+
+    # The export CLI writes the FasterDecoding layout, which reads back as the same heads.
+    out = tmp_path / "medusa-fd"
+    proc = run_cli([f"drafter={folder}", "format=medusa", f"output_dir={out}"], script="export.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "medusa_lm_head.safetensors").is_file()
+    imported = import_drafter(out, target=tiny_target[0])
+    torch.testing.assert_close(imported(hidden), drafter(hidden))
+    bad = run_cli([f"drafter={folder}", "format=onnx", f"output_dir={tmp_path / 'x'}"], script="export.py")
+    output = bad.stdout + bad.stderr  # Hydra's logging goes to stdout
+    errors = [ln for ln in output.splitlines() if "ERROR" in ln]
+    assert bad.returncode == 1 and len(errors) == 1 and "unknown export format 'onnx'" in errors[0], output
+    assert "Traceback" not in output and not (tmp_path / "x").exists()
     assert (tmp_path / "checkpoints" / "step_0000003" / "selfspec.json").is_file()
 
 

@@ -3,6 +3,10 @@
 One draft step = what decode/ runs per drafted token (batch 1, one new position, a warm cache of ``--ctx``
 tokens where the family has one). Medusa drafts all K tokens in one step, so its per-token cost is step/K.
 Reference rows: one target forward of 1 token, and the target's lm_head alone.
+
+A second table is the other side of the trade: one target forward over n new tokens (a verification of an
+n-node tree) against a 1-token forward. A decoder that verifies n nodes per step beats the target alone only when
+it accepts more tokens per step than that ratio (plus its draft steps), which is why tree sizes are per hardware.
 """
 
 from __future__ import annotations
@@ -104,6 +108,23 @@ def rows(target, ctx: int, repeat: int, vocab_sizes: list[int]) -> list[tuple[st
     return out
 
 
+def verify_rows(target, ctx: int, repeat: int, sizes: list[int]) -> list[tuple[int, float]]:
+    """(n, ms) of one target forward over n new tokens after ``ctx`` cached ones (the cache cropped back)."""
+    cache = DynamicCache()
+    target(torch.zeros(1, ctx, dtype=torch.long), past_key_values=cache, use_cache=True)
+    out = []
+    for n in sizes:
+        ids = torch.zeros(1, n, dtype=torch.long)
+        pos = torch.arange(ctx, ctx + n)[None]
+
+        def forward(ids=ids, pos=pos, n=n):
+            target(ids, past_key_values=cache, use_cache=True, position_ids=pos)
+            cache.crop(-n)  # drop the tokens just written (transformers 5: negative = remove)
+
+        out.append((n, timeit(forward, repeat)))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default=EMBEDDED_TARGET)
@@ -111,6 +132,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--vocab", type=int, nargs="*", default=[0, 32768, 16384, 8192])
+    p.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64], help="verified nodes")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,6 +140,7 @@ def main() -> None:
     c = target.config
     with torch.inference_mode():
         table = rows(target, args.ctx, args.repeat, args.vocab)
+        verify = verify_rows(target, args.ctx, args.repeat, args.sizes)
     print(
         f"\ntarget {args.target}: H={c.hidden_size} V={c.vocab_size} L={c.num_hidden_layers}, "
         f"ctx={args.ctx}, batch 1, fp32 CPU, {torch.get_num_threads()} threads, min of {args.repeat}"
@@ -126,6 +149,10 @@ def main() -> None:
     ref = table[0][1]
     for name, ms, k in table:
         print(f"{name:<46} {ms:8.2f} {ms / k:9.2f} {ms / k / ref:13.2f}x")
+    print(f"\n{'verified nodes (one target forward)':<46} {'ms':>8} {'break-even accepted/step':>25}")
+    one = dict(verify).get(1, ref)
+    for n, ms in verify:
+        print(f"{n:<46} {ms:8.2f} {ms / one:25.2f}")
 
 
 if __name__ == "__main__":

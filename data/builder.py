@@ -183,6 +183,7 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
                     "unfinished_turns": sum(s.unfinished for s in samples),
                     "turns": sum(s.turns for s in samples),
                     "tokens": tokens,
+                    "rank": rank,
                 },
             )
     bar.close()
@@ -197,12 +198,14 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
 
 def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
     """Join the shards into train/eval, write the metadata, then the COMPLETE marker last."""
-    parts, stats = [], Counter()
+    parts, stats, writers = [], Counter(), Counter()
     for i in _shard_ids(plan):
         shard = work / "shards" / f"{i:05d}"
         _wait_for(shard, f"shard {i} from rank {i % _rank_world()[1]}")
         parts.append(datasets.load_from_disk(str(shard)))
-        stats.update(json.loads((shard / "stats.json").read_text()))
+        shard_stats = json.loads((shard / "stats.json").read_text())
+        writers[str(shard_stats.pop("rank", 0))] += 1
+        stats.update(shard_stats)
     full = datasets.concatenate_datasets(parts)
     idx = full["prompt_index"]
     if sorted(idx) != list(range(len(plan["conversations"]))):
@@ -222,6 +225,7 @@ def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
         "skipped": plan["skipped"],
         "unfinished_turns": stats["unfinished_turns"],
         "assistant_turns": stats["turns"],
+        "shards_by_rank": dict(sorted(writers.items())),
     }
     atomic_write_json(work / "meta.json", meta)
     atomic_write_text(work / COMPLETE, "ok\n")

@@ -70,3 +70,34 @@ def test_sigkill_then_resume(tmp_path, chat_file):
     splits = datasets.load_from_disk(str(work / "dataset"))
     idx = list(splits["train"]["prompt_index"]) + list(splits["eval"]["prompt_index"])
     assert sorted(idx) == list(range(12))  # exactly num_prompts, none duplicated, none lost
+
+
+def test_two_ranks_write_the_single_rank_dataset(tmp_path):
+    """``torchrun --nproc_per_node 2 data/generate.py``: the ranks split the shards and rank 0 assembles a dataset
+    equal, row for row, to the one a single process writes (a shard's samples do not depend on its rank)."""
+    import socket
+
+    with socket.socket() as s:  # torchrun's static rendezvous needs a real port (0 hangs)
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    common = ["data.num_prompts=12", "data.max_new_tokens=12", "data.shard_size=2", "data.batch_size=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    runs = {
+        "two": launcher + [SCRIPT, "target=tiny_random"],
+        "one": _cmd(),
+    }
+    splits = {}
+    for name, cmd in runs.items():
+        out = tmp_path / name
+        args = [*common, f"data.cache_dir={tmp_path / name / 'cache'}", f"output_dir={out}"]
+        proc = subprocess.run(cmd + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        splits[name] = datasets.load_from_disk(str(out / "dataset"))
+    meta = json.loads((tmp_path / "two" / "meta.json").read_text())
+    assert meta["shards_by_rank"] == {"0": 3, "1": 3}  # 12 prompts in shards of 2, split between the ranks
+    for split in ("train", "eval"):
+        assert splits["two"][split].to_dict() == splits["one"][split].to_dict()
+    assert len(splits["two"]["train"]) + len(splits["two"]["eval"]) == 12

@@ -14,6 +14,7 @@ from typing import Any
 from selfspec.utils import SelfspecError, atomic_write_json, atomic_write_text
 
 SHOWN_POSITIONS = 5  # acceptance-by-position columns in the table (the JSON and the plot keep all)
+MIN_ROUNDS = 10  # rates from fewer rounds than this are shown in parentheses (table) or hollow (plot)
 
 FOOTNOTES = """\
 - **mean accepted**: new tokens per target forward, prefill included (the target alone scores 1.00). Every \
@@ -22,7 +23,8 @@ method is counted the same way, by a forward pre-hook on the target's base model
 earlier ones accepted), the fraction that accepted it (conditional acceptance, as in the EAGLE papers). selfspec: \
 from the decoder's stats. transformers' assisted / prompt lookup: read from the size of each target forward \
 (candidates = tokens fed minus the one uncached accepted token; the last round, which EOS or the length limit may \
-cut, is left out). Prompt lookup drafts nothing when its n-gram is not found in the context.
+cut, is left out). Prompt lookup drafts nothing when its n-gram is not found in the context. A rate in \
+parentheses rests on fewer than {min_rounds} rounds (few reached that position): read it as anecdote.
 - **tokens/s** and **speed-up**: total new tokens over total wall time, batch 1; speed-up over the target alone \
 measured in the same run, the methods interleaved prompt by prompt after a warm-up.
 - **identical**: every output equals `target.generate(do_sample=False)` token for token, up to EOS or \
@@ -43,6 +45,14 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _rate(m: dict[str, Any], k: int) -> str:
+    """Acceptance at position k+1, in parentheses when fewer than MIN_ROUNDS rounds reached it."""
+    acc, rounds = m["acceptance_by_position"] or [], m.get("drafted_by_position") or []
+    if k >= len(acc) or acc[k] is None:
+        return "n/a"
+    return _fmt(acc[k]) if k >= len(rounds) or rounds[k] >= MIN_ROUNDS else f"({_fmt(acc[k])})"
+
+
 def table_rows(report: dict[str, Any], positions: int = SHOWN_POSITIONS) -> tuple[list[str], list[list[str]]]:
     header = [
         "method",
@@ -54,12 +64,11 @@ def table_rows(report: dict[str, Any], positions: int = SHOWN_POSITIONS) -> tupl
     ]
     rows = []
     for m in report["methods"]:
-        acc = m["acceptance_by_position"] or []
         rows.append(
             [
                 display_name(m),
                 _fmt(m["mean_accepted_tokens"]),
-                *[_fmt(acc[k]) if k < len(acc) else "n/a" for k in range(positions)],
+                *[_rate(m, k) for k in range(positions)],
                 _fmt(m["tokens_per_s"], ".1f"),
                 f"{m['speedup']:.2f}x" if m["speedup"] is not None else "n/a",
                 "yes" if m["identical"] else f"no ({m['mismatched_prompts']} prompts differ)",
@@ -87,7 +96,7 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
         "",
         markdown_table(*table_rows(report)),
         "",
-        FOOTNOTES,
+        FOOTNOTES.format(min_rounds=MIN_ROUNDS),
     ]
     for name, why in report.get("skipped", {}).items():
         lines.append(f"- `{name}` not run: {why}.")
@@ -126,22 +135,30 @@ def _plot_curves(ax: Any, methods: list[dict[str, Any]], colors: list[Any]) -> N
         i for i, m in enumerate(methods) if any(a is not None for a in m["acceptance_by_position"] or [])
     ]
     for j, i in enumerate(shown):
-        acc = methods[i]["acceptance_by_position"]
+        m = methods[i]
+        acc, rounds = m["acceptance_by_position"], m.get("drafted_by_position") or []
         dx = (j - (len(shown) - 1) / 2) * 0.04
-        xs = [k + 1 + dx for k, a in enumerate(acc) if a is not None]
+        pts = [
+            (k + 1 + dx, a, k >= len(rounds) or rounds[k] >= MIN_ROUNDS)
+            for k, a in enumerate(acc)
+            if a is not None
+        ]
+        style = dict(marker="osD^vP*Xh<>"[j % 11], markersize=6, color=colors[i], alpha=0.9)
         ax.plot(
-            xs,
-            [a for a in acc if a is not None],
-            "-" if methods[i]["method"] == "selfspec" else "--",
-            marker="osD^vP*Xh<>"[j % 11],
-            markersize=6,
-            color=colors[i],
-            alpha=0.9,
-            label=display_name(methods[i]),
+            [x for x, _, _ in pts],
+            [y for _, y, _ in pts],
+            "-" if m["method"] == "selfspec" else "--",
+            label=display_name(m),
+            **style,
         )
+        few = [(x, y) for x, y, ok in pts if not ok]
+        if few:  # hollow: too few rounds reached the position to trust the rate
+            ax.plot(
+                [x for x, _ in few], [y for _, y in few], linestyle="none", markerfacecolor="white", **style
+            )
     ax.set(
         xlabel="draft position k",
-        ylabel="acceptance rate at k (given k-1 accepted)",
+        ylabel=f"acceptance rate at k (given k-1 accepted; hollow: < {MIN_ROUNDS} rounds)",
         ylim=(-0.03, 1.05),
         title="Acceptance by draft position",
     )

@@ -115,3 +115,15 @@ def test_render_and_merge(tmp_path):
     assert "| selfspec eagle | 2.00 | 0.80 | 0.50 | n/a |" in md
     with pytest.raises(SelfspecError, match="does not exist"):
         merge_reports([tmp_path / "missing.json"])
+
+
+def test_rates_from_few_rounds_are_marked(tmp_path):
+    from selfspec.decode.render import MIN_ROUNDS, plot_acceptance
+
+    report = _report([("target", 1.0), ("selfspec:eagle", 1.6)])
+    report["methods"][1]["drafted_by_position"] = [MIN_ROUNDS * 5, MIN_ROUNDS - 1]
+    md = render_markdown(report)
+    assert "| selfspec eagle | 1.60 | 0.80 | (0.50) | n/a |" in md
+    assert f"fewer than {MIN_ROUNDS} rounds" in md
+    plot_acceptance(report, tmp_path / "acceptance.png")
+    assert (tmp_path / "acceptance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ read through ``datasets`` directly, by its documented columns (``input_ids``, ``
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from selfspec.utils import SelfspecError
+
+logger = logging.getLogger(__name__)
 
 
 def prompts_from_split(split: Any, num_prompts: int | None = None) -> list[list[int]]:
@@ -25,6 +28,14 @@ def prompts_from_split(split: Any, num_prompts: int | None = None) -> list[list[
             f"the eval split lacks the columns {sorted(missing)}: give a dataset written by data/"
         )
     n = len(split) if num_prompts is None else min(num_prompts, len(split))
+    if num_prompts is not None and n < num_prompts:
+        logger.warning(
+            "the eval split holds %d prompts, fewer than num_prompts=%d: benching %d (hold out more with "
+            "data.eval_fraction, or pass prompts=FILE)",
+            n,
+            num_prompts,
+            n,
+        )
     rows = split.select(range(n))
     return [list(ids[:plen]) for ids, plen in zip(rows["input_ids"], rows["prompt_len"], strict=True)]
 

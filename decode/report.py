@@ -52,7 +52,7 @@ class BenchJobConf(JobConf):
     drafter: Any = MISSING  # a drafter folder, or a list of them
     prompts: str | None = None  # JSONL of {"messages": [...]} or {"prompt": "..."}; default: the eval split
     dataset: str | None = None  # a data-step DatasetDict folder; default: the one the drafter was trained on
-    num_prompts: int = 16
+    num_prompts: int | None = 16  # null: every prompt
     max_new_tokens: int = 128
     warmup: int = 1
     methods: list[str] = field(default_factory=lambda: list(METHODS))

@@ -18,7 +18,7 @@ RUNS=${RUNS:-outputs/reproduce}
 RESULTS=${RESULTS:-results}
 EXPERIMENTS=${EXPERIMENTS:-medusa eagle eagle3 draft}
 TRAIN_ARGS=${TRAIN_ARGS:-}
-BENCH_ARGS=${BENCH_ARGS:-num_prompts=16 max_new_tokens=128}
+BENCH_ARGS=${BENCH_ARGS:-num_prompts=null max_new_tokens=128}  # every held-out prompt (6 of 64 by default)
 TITLE=${TITLE:-Results: SmolLM2-135M-Instruct target on a 2-core CPU}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
 

@@ -29,7 +29,7 @@ from selfspec.utils import SelfspecError
 logger = logging.getLogger(__name__)
 
 # Per drafter type: (depth, topk, total_tokens): EAGLE-2-sized trees of 16 nodes, for GPUs, where verifying 16 nodes
-# costs close to a 1-token forward; on a 2-core CPU it costs ~2.4x (`python -m selfspec.heads.bench_heads`).
+# costs close to a 1-token forward; on a 2-core CPU it costs ~2.2x (`python -m selfspec.heads.bench_heads`).
 DEFAULTS = {"eagle": (5, 4, 16), "eagle3": (5, 4, 16), "draft_model": (4, 1, 5), "medusa": (4, 0, 0)}
 
 

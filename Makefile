@@ -8,7 +8,8 @@ reproduce:
 
 # Rebuild results/README_table.md from an existing combined bench, without rerunning anything.
 bench-table:
-	$(PYTHON) scripts/merge_bench.py results/README_table.md results/bench/bench.json
+	$(PYTHON) scripts/merge_bench.py results/README_table.md results/bench/bench.json \
+		--title "Results: SmolLM2-135M-Instruct target on a 2-core CPU"
 
 # Does a rerun repeat the table within noise? make compare B=<the rerun's results>/bench/bench.json
 A ?= results/bench/bench.json

@@ -15,7 +15,7 @@ from selfspec.heads.format_import import import_drafter
 from selfspec.train import checkpoints, losses
 from selfspec.utils import SelfspecError
 
-from .conftest import TINY, compose, run_cli
+from .conftest import REPO, TINY, compose, run_cli
 
 
 def _same_outputs(trained, folder, target, loss_cfg) -> None:
@@ -92,6 +92,7 @@ def test_cli_medusa_with_launcher_arg(tmp_path, data_cache, tiny_target):
     errors = [ln for ln in output.splitlines() if "ERROR" in ln]
     assert bad.returncode == 1 and len(errors) == 1 and "unknown export format 'onnx'" in errors[0], output
     assert "Traceback" not in output and not (tmp_path / "x").exists()
+    assert not (REPO / "export.log").exists()  # the export CLI logs to the console, not into the cwd
     assert (tmp_path / "checkpoints" / "step_0000003" / "selfspec.json").is_file()
 
 

@@ -45,12 +45,18 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _enough_rounds(m: dict[str, Any], k: int) -> bool:
+    """Did at least MIN_ROUNDS rounds reach position k+1? (True when the report has no counts.)"""
+    rounds = m.get("drafted_by_position") or []
+    return k >= len(rounds) or rounds[k] >= MIN_ROUNDS
+
+
 def _rate(m: dict[str, Any], k: int) -> str:
     """Acceptance at position k+1, in parentheses when fewer than MIN_ROUNDS rounds reached it."""
-    acc, rounds = m["acceptance_by_position"] or [], m.get("drafted_by_position") or []
+    acc = m["acceptance_by_position"] or []
     if k >= len(acc) or acc[k] is None:
         return "n/a"
-    return _fmt(acc[k]) if k >= len(rounds) or rounds[k] >= MIN_ROUNDS else f"({_fmt(acc[k])})"
+    return _fmt(acc[k]) if _enough_rounds(m, k) else f"({_fmt(acc[k])})"
 
 
 def table_rows(report: dict[str, Any], positions: int = SHOWN_POSITIONS) -> tuple[list[str], list[list[str]]]:
@@ -136,11 +142,10 @@ def _plot_curves(ax: Any, methods: list[dict[str, Any]], colors: list[Any]) -> N
     ]
     for j, i in enumerate(shown):
         m = methods[i]
-        acc, rounds = m["acceptance_by_position"], m.get("drafted_by_position") or []
         dx = (j - (len(shown) - 1) / 2) * 0.04
         pts = [
-            (k + 1 + dx, a, k >= len(rounds) or rounds[k] >= MIN_ROUNDS)
-            for k, a in enumerate(acc)
+            (k + 1 + dx, a, _enough_rounds(m, k))
+            for k, a in enumerate(m["acceptance_by_position"])
             if a is not None
         ]
         style = dict(marker="osD^vP*Xh<>"[j % 11], markersize=6, color=colors[i], alpha=0.9)

@@ -9,6 +9,7 @@ track.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,13 @@ class Drafter(nn.Module):
     def feature_layers(self) -> list[int]:
         """Indices into the target's ``hidden_states`` tuple that this drafter consumes (see features.py)."""
         return []
+
+    def weights_metadata(self) -> dict[str, str]:
+        """Facts about the weights that its config alone does not pin, recorded in model.safetensors' header."""
+        return {}
+
+    def check_weights_metadata(self, metadata: dict[str, str], source: str | Path) -> None:
+        """Refuse (one SelfspecError line) a config that does not fit what the weights recorded."""
 
     # -- the frozen target parts ------------------------------------------------------------------------
 

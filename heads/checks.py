@@ -9,10 +9,39 @@ from typing import Any
 from torch import nn
 
 from selfspec.heads.base import Drafter
-from selfspec.heads.eagle3 import Eagle3, validate_vocab_map
+from selfspec.heads.vocab import DraftVocab, validate_vocab_map
 from selfspec.utils import SelfspecError
 
 logger = logging.getLogger(__name__)
+
+
+# Weight names only one family has (native selfspec names and the engine layouts), to name a folder's real family.
+_SIGNATURES = (
+    ("dflash", ("hidden_norm.weight", "layers.0.self_attn.q_norm.weight")),
+    ("eagle3", ("midlayer.hidden_norm.weight",)),
+    ("eagle3", ("layers.0.hidden_norm.weight",)),
+    ("eagle", ("layer.self_attn.q_proj.weight",)),
+    ("medusa", ("heads.0.0.linear.weight",)),
+)
+
+
+def family_of_weights(keys: Any) -> str | None:
+    """The drafter family whose weight names ``keys`` carry, or None when no signature matches."""
+    names = set(keys)
+    for family, needed in _SIGNATURES:
+        if all(n in names for n in needed):
+            return family
+    return None
+
+
+def check_family(keys: Any, claimed: str, source: Path | str) -> None:
+    """Refuse a folder whose config names one family while its weights are another's (a renamed folder)."""
+    found = family_of_weights(keys)
+    if found is not None and found != claimed:
+        raise SelfspecError(
+            f"{source}: config.json says {claimed!r} but the weights are a {found} drafter's (a folder of "
+            f"another family renamed?): load it as {found}, or train a {claimed} drafter"
+        )
 
 
 def _target_tokenizer_fingerprint(target: nn.Module, tokenizer: Any) -> str | None:
@@ -66,5 +95,5 @@ def check_target(
             f"drafter {source} was trained for target {trained_for!r} ({left}) but the given target "
             f"{given!r} has {right}: load it with the target it was trained for"
         )
-    if isinstance(drafter, Eagle3):
+    if isinstance(drafter, DraftVocab):
         validate_vocab_map(drafter.d2t, drafter.t2d, theirs["vocab"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -96,7 +97,8 @@ def save_drafter(
             (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         else:
             state = state_dict if state_dict is not None else drafter.state_dict()
-            save_file(_unshared(state), str(tmp / WEIGHTS), metadata={"format": "pt"})
+            metadata = {"format": "pt", **drafter.weights_metadata()}
+            save_file(_unshared(state), str(tmp / WEIGHTS), metadata=metadata)
             (tmp / CONFIG).write_text(json.dumps({"selfspec": meta}, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -192,15 +194,22 @@ def _check_type(drafter: Drafter, expected_type: str | None, folder: Path) -> No
 
 
 def _read_native(folder: Path, meta: dict[str, Any]) -> Drafter:
+    from selfspec.heads.checks import check_family
+
     drafter_type = meta.get("drafter_type", "")
     cls = drafter_class(drafter_type)
+    weights = folder / WEIGHTS
+    if cls is not DraftModel:
+        if not weights.is_file():
+            raise SelfspecError(f"{folder} has no {WEIGHTS}: the drafter export is incomplete")
+        with safe_open(str(weights), "pt") as f:
+            check_family(f.keys(), drafter_type, folder)
+            metadata = f.metadata() or {}
     config = config_from_dict(CONFIGS[drafter_type], meta.get("head", {}))
     if cls is DraftModel:
         return _read_draft_model(folder, config)
     drafter = cls(config)
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise SelfspecError(f"{folder} has no {WEIGHTS}: the drafter export is incomplete")
+    drafter.check_weights_metadata(metadata, folder)
     state = load_file(str(weights))
     missing, unexpected = drafter.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -12,10 +12,12 @@ from torch import nn
 
 from selfspec.heads.arch import target_config_dict
 from selfspec.heads.base import Drafter
+from selfspec.heads.dflash import DFlash, DFlashConfig, fill_defaults
 from selfspec.heads.draft_model import DraftModel, DraftModelConfig
 from selfspec.heads.eagle import Eagle, EagleConfig
-from selfspec.heads.eagle3 import Eagle3, Eagle3Config, build_vocab_map, default_aux_layers
+from selfspec.heads.eagle3 import Eagle3, Eagle3Config, default_aux_layers
 from selfspec.heads.medusa import Medusa, MedusaConfig
+from selfspec.heads.vocab import DraftVocab, build_vocab_map
 from selfspec.utils import SelfspecError
 
 logger = logging.getLogger(__name__)
@@ -25,12 +27,14 @@ DRAFTERS: dict[str, type[Drafter]] = {
     "eagle": Eagle,
     "eagle3": Eagle3,
     "draft_model": DraftModel,
+    "dflash": DFlash,
 }
 CONFIGS: dict[str, type] = {
     "medusa": MedusaConfig,
     "eagle": EagleConfig,
     "eagle3": Eagle3Config,
     "draft_model": DraftModelConfig,
+    "dflash": DFlashConfig,
 }
 
 
@@ -70,7 +74,7 @@ def make_config(head_cfg: Mapping[str, Any]) -> Any:
     values = _plain(head_cfg)
     drafter_type = values.get("type")
     if drafter_type is None:
-        raise SelfspecError("head config has no 'type': set head=medusa|eagle|eagle3|draft_model")
+        raise SelfspecError("head config has no 'type': set head=medusa|eagle|eagle3|draft_model|dflash")
     drafter_class(drafter_type)  # clear error for an unknown type
     return config_from_dict(CONFIGS[drafter_type], values)
 
@@ -91,26 +95,30 @@ def build_drafter(
 ) -> Drafter:
     """A fresh drafter for ``target``, bound to it, on its device and dtype, initialised from it where the
     family says so. ``token_counts`` (V,) sets EAGLE-3's reduced vocabulary to the most frequent tokens (without it, the
-    first Vd ids: only sensible when Vd >= V)."""
+    first Vd ids: only sensible when Vd >= V); DFlash's draft vocabulary likewise, and its mask token."""
     config = fill_target_dims(make_config(head_cfg), target)
     device, dtype = target.get_output_embeddings().weight.device, target.get_output_embeddings().weight.dtype
     if isinstance(config, Eagle3Config):
         if not config.aux_layers:
             config.aux_layers = default_aux_layers(config.num_target_layers)
         _check_layers(config.aux_layers, config.num_target_layers)
+    if isinstance(config, DFlashConfig):
+        fill_defaults(config, token_counts, _special_ids(target))
+        _check_layers(config.aux_layers, config.num_target_layers, "dflash", None)
     if isinstance(config, DraftModelConfig):
         drafter: Drafter = DraftModel.from_target(config, target)
     else:
         drafter = DRAFTERS[config.type](config)
     drafter.to(device=device, dtype=dtype).bind(target)
-    if isinstance(drafter, Eagle3):
+    if isinstance(drafter, DraftVocab):
         if token_counts is not None:
             drafter.set_vocab_map(
                 *build_vocab_map(token_counts, drafter.draft_vocab_size, _special_ids(target))
             )
         elif drafter.draft_vocab_size < config.vocab_size:
             logger.warning(
-                "eagle3: no token counts given; the draft vocabulary is the first %d ids",
+                "%s: no token counts given; the draft vocabulary is the first %d ids",
+                drafter.drafter_type,
                 drafter.draft_vocab_size,
             )
         drafter.init_from_target()
@@ -129,9 +137,10 @@ def _special_ids(target: nn.Module) -> list[int]:
     return sorted({i for i in ids if i is not None and i >= 0})
 
 
-def _check_layers(layers: list[int], num_layers: int) -> None:
+def _check_layers(layers: list[int], num_layers: int, family: str = "eagle3", count: int | None = 3) -> None:
     bad = [i for i in layers if not 0 <= i <= num_layers]
-    if bad or len(layers) != 3:
+    if bad or not layers or (count is not None and len(layers) != count):
+        what = f"{count} hidden_states indices" if count else "hidden_states indices"
         raise SelfspecError(
-            f"eagle3 aux_layers {layers} must be 3 hidden_states indices in [0, {num_layers}] for this target"
+            f"{family} aux_layers {layers} must be {what} in [0, {num_layers}] for this target"
         )

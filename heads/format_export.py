@@ -13,10 +13,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from selfspec.heads.base import Drafter
+from selfspec.heads.dflash import DFlash
 from selfspec.heads.draft_model import DraftModel
 from selfspec.heads.eagle import Eagle
 from selfspec.heads.eagle3 import Eagle3
 from selfspec.heads.folder import load_drafter, read_metadata, resolve_drafter_path
+from selfspec.heads.format_dflash import check_dflash
+from selfspec.heads.format_dflash import write_speculators as write_speculators_dflash
 from selfspec.heads.formats import (
     FORMATS,
     MEDUSA_WEIGHTS,
@@ -77,12 +80,15 @@ def export(
         "transformers": (DraftModel, None),
     }
     cls, writer = writers[format]
+    if format == "speculators" and isinstance(drafter, DFlash):
+        cls, writer = DFlash, _speculators_dflash
     if not isinstance(drafter, cls):
-        raise SelfspecError(
-            f"format {format!r} holds {cls.drafter_type} drafters, not {drafter.drafter_type}"
-        )
+        held = f"{cls.drafter_type} or dflash" if format == "speculators" else cls.drafter_type
+        raise SelfspecError(f"format {format!r} holds {held} drafters, not {drafter.drafter_type}")
     if isinstance(drafter, Eagle3):
         check_eagle3(drafter, target=target)
+    if isinstance(drafter, DFlash):
+        check_dflash(drafter, target=target)
     with atomic_dir(output_dir) as tmp:
         if writer is None:
             if not isinstance(drafter_or_path, (str, Path)):
@@ -141,6 +147,10 @@ def _speculators(drafter: Eagle3, out: Path, verifier: str, tokens: int, embed: 
     }
     write_config(out, cfg)
     save_file(_eagle3_state(drafter, "layers.0.", embed), str(out / WEIGHTS), metadata={"format": "pt"})
+
+
+def _speculators_dflash(drafter: DFlash, out: Path, verifier: str, tokens: int, embed: bool) -> None:
+    write_speculators_dflash(drafter, out, verifier, embed)  # speculative tokens: block_size - 1
 
 
 def _sglang(drafter: Eagle3, out: Path, verifier: str, tokens: int, embed: bool) -> None:

@@ -11,15 +11,19 @@ from safetensors.torch import load_file
 from torch import nn
 
 from selfspec.heads.base import Drafter
+from selfspec.heads.dflash import DFlash
 from selfspec.heads.eagle import Eagle, EagleConfig
 from selfspec.heads.eagle3 import Eagle3, Eagle3Config
 from selfspec.heads.folder import CONFIG, load_drafter, resolve_drafter_path
+from selfspec.heads.format_dflash import check_dflash
+from selfspec.heads.format_dflash import read_speculators as read_speculators_dflash
 from selfspec.heads.formats import (
     FORMATS,
     MEDUSA_WEIGHTS,
     WEIGHTS,
     check_eagle3,
     detect,
+    load_strict,
     read_sidecar,
     target_config_from,
 )
@@ -34,21 +38,6 @@ def _fill(config: Any, layer: dict[str, Any], side: dict[str, Any], arch: str = 
     config.target_architecture = side.get("architecture") or arch
     config.target_config = target_config_from(layer, config.num_target_layers or 1)
     return config
-
-
-def _load_strict(drafter: Drafter, state: dict[str, torch.Tensor], folder: Path) -> Drafter:
-    try:
-        missing, unexpected = drafter.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatch
-        raise SelfspecError(
-            f"{folder}: weights do not fit the config ({str(e).splitlines()[-1].strip()})"
-        ) from e
-    if missing or unexpected:
-        raise SelfspecError(
-            f"{folder}: weights do not fit the config (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]})"
-        )
-    return drafter
 
 
 def _read_eagle3(folder: Path, cfg: dict[str, Any], fmt: str, side: dict[str, Any]) -> Eagle3:
@@ -98,7 +87,7 @@ def _read_eagle3(folder: Path, cfg: dict[str, Any], fmt: str, side: dict[str, An
             f"{drafter.t2d.numel()}: wrong vocab size"
         )
     state["t2d"] = state["t2d"].bool()
-    _load_strict(drafter, state, folder)
+    load_strict(drafter, state, folder)
     check_eagle3(drafter)
     return drafter
 
@@ -128,7 +117,7 @@ def _read_medusa(folder: Path, cfg: dict[str, Any], side: dict[str, Any]) -> Med
             continue
         ours[f"heads.{head}.{idx}.{leaf}"] = t
     ours["lm_head"] = torch.stack([state[f"{k}.{n}.weight"] for k in range(k_heads)])
-    return _load_strict(Medusa(config), ours, folder)
+    return load_strict(Medusa(config), ours, folder)
 
 
 def _read_eagle1(folder: Path, cfg: dict[str, Any], side: dict[str, Any]) -> Eagle:
@@ -138,7 +127,7 @@ def _read_eagle1(folder: Path, cfg: dict[str, Any], side: dict[str, Any]) -> Eag
     state = {
         ("layer." + k[len("layers.0.") :] if k.startswith("layers.0.") else k): t for k, t in state.items()
     }
-    return _load_strict(Eagle(config), state, folder)
+    return load_strict(Eagle(config), state, folder)
 
 
 def read_external(folder: Path, cfg: dict[str, Any], target: nn.Module | None = None) -> Drafter:
@@ -149,6 +138,8 @@ def read_external(folder: Path, cfg: dict[str, Any], target: nn.Module | None = 
         side["num_layers"] = int(target.config.num_hidden_layers)
         side["architecture"] = (getattr(target.config, "architectures", None) or [type(target).__name__])[0]
     fmt = detect(folder, cfg)
+    if fmt == "speculators" and cfg.get("speculators_model_type") == "dflash":
+        return read_speculators_dflash(folder, cfg, side, target)
     if fmt in ("speculators", "sglang"):
         return _read_eagle3(folder, cfg, fmt, side)
     if fmt == "medusa":
@@ -167,8 +158,8 @@ def import_drafter(
     cfg = json.loads((folder / CONFIG).read_text())
     if isinstance(cfg.get("selfspec"), dict):
         drafter = load_drafter(folder, target=target, tokenizer=tokenizer)
-        if isinstance(drafter, Eagle3) and target is not None:
-            check_eagle3(drafter, target=target)
+        if target is not None:
+            _check_engine_family(drafter, target)
         return drafter
     drafter = read_external(folder, cfg, target)
     return drafter.eval() if target is None else bind_checked(drafter, target, tokenizer, folder)
@@ -179,7 +170,14 @@ def bind_checked(drafter: Drafter, target: nn.Module, tokenizer: Any, folder: Pa
     from selfspec.heads.checks import check_target
 
     check_target(drafter, target, tokenizer, {"target": read_sidecar(folder)}, folder)
-    if isinstance(drafter, Eagle3):
-        check_eagle3(drafter, target=target)
+    _check_engine_family(drafter, target)
     weight = target.get_output_embeddings().weight
     return drafter.to(device=weight.device, dtype=weight.dtype).bind(target).eval()
+
+
+def _check_engine_family(drafter: Drafter, target: nn.Module) -> None:
+    """The format checks of the families engines read with aux layers (sizes, vocab maps, depth)."""
+    if isinstance(drafter, Eagle3):
+        check_eagle3(drafter, target=target)
+    if isinstance(drafter, DFlash):
+        check_dflash(drafter, target=target)

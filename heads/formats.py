@@ -5,6 +5,7 @@ Formats (one name each, see ``FORMATS``):
 - ``speculators`` (vLLM, ``vllm-project/speculators``): EAGLE-3 as ``Eagle3Speculator``; the draft layer's
   LlamaConfig under ``transformer_layer_config``; weights ``layers.0.*``, ``fc``, ``norm``, ``lm_head``,
   ``d2t``, ``t2d``, ``embed_tokens``. Aux ids = inputs of decoder layers = selfspec's hidden_states indices.
+  DFlash as ``DFlashSpeculator`` (``speculators_model_type: dflash``, heads/format_dflash.py).
 - ``sglang`` (``LlamaForCausalLMEagle3``, SpecForge / SafeAILab EAGLE-3): a flat LlamaConfig with
   ``draft_vocab_size`` and ``eagle_config``; weights ``midlayer.*``, ``fc``, ``norm``, ``lm_head``, ``d2t``,
   ``t2d``. SGLang captures layer ``id + 1`` for a configured id, so ids are written one lower; when the aux layers
@@ -35,8 +36,9 @@ from safetensors import safe_open
 from torch import nn
 
 from selfspec.heads.base import Drafter
-from selfspec.heads.eagle3 import Eagle3, validate_vocab_map
+from selfspec.heads.eagle3 import Eagle3
 from selfspec.heads.folder import CONFIG, resolve_drafter_path
+from selfspec.heads.vocab import validate_vocab_map
 from selfspec.utils import SelfspecError
 
 FORMATS = ("speculators", "sglang", "medusa", "eagle1", "transformers")
@@ -152,6 +154,22 @@ def check_eagle3(
         )
 
 
+def load_strict(drafter: Drafter, state: dict[str, torch.Tensor], folder: Path) -> Drafter:
+    """Load ``state`` into ``drafter`` strictly; a mismatch is one SelfspecError line naming the keys."""
+    try:
+        missing, unexpected = drafter.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise SelfspecError(
+            f"{folder}: weights do not fit the config ({str(e).splitlines()[-1].strip()})"
+        ) from e
+    if missing or unexpected:
+        raise SelfspecError(
+            f"{folder}: weights do not fit the config (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    return drafter
+
+
 def engine_default_aux(num_layers: int) -> list[int] | None:
     """The states vLLM, SGLang and economize all capture when a config names no ids (None if they disagree)."""
     ids = [2, num_layers // 2, num_layers - 3]
@@ -181,7 +199,7 @@ def weight_keys(folder: Path, name: str) -> list[str]:
 
 def detect(folder: Path, cfg: dict[str, Any]) -> str | None:
     """The external format of a folder's config.json (None: not one of ours)."""
-    if cfg.get("speculators_model_type") == "eagle3":
+    if cfg.get("speculators_model_type") in ("eagle3", "dflash"):
         return "speculators"
     if "draft_vocab_size" in cfg or any("eagle3" in str(a).lower() for a in cfg.get("architectures") or []):
         return "sglang"

@@ -10,7 +10,7 @@ from omegaconf import MISSING
 
 from selfspec.config import JobConf
 from selfspec.data.config import DataConf, register_data
-from selfspec.heads import DraftModelConfig, Eagle3Config, EagleConfig, MedusaConfig
+from selfspec.heads import DFlashConfig, DraftModelConfig, Eagle3Config, EagleConfig, MedusaConfig
 
 # The head group's schemas are the drafter families' own config dataclasses (selfspec.heads): user-facing
 # hyper-parameters plus target-derived sizes that build_drafter fills from the target.
@@ -18,6 +18,7 @@ MedusaHeadConf = MedusaConfig
 EagleHeadConf = EagleConfig
 Eagle3HeadConf = Eagle3Config
 DraftModelHeadConf = DraftModelConfig
+DFlashHeadConf = DFlashConfig
 
 
 @dataclass
@@ -30,6 +31,10 @@ class LossConf:
     ce_weight: float = 0.1  # EAGLE: CE to the target distribution (EAGLE's 0.1 p-loss)
     ttt_decay: float = 0.8  # EAGLE-3: TTT step j weighs ttt_decay**j
     divergence: str = "forward_kl"  # draft model: forward_kl | reverse_kl | jsd
+    dflash_anchors: int = 64  # DFlash: random anchor positions (blocks) per sequence and step
+    dflash_gamma: float = (
+        4.0  # DFlash: block position i weighs exp(-(i-1)/gamma) (the method: 4 for blocks of 8)
+    )
     temperature: float = 1.0  # softens target and drafter distributions alike
 
 
@@ -91,6 +96,7 @@ HEAD_SCHEMAS: dict[str, type] = {
     "eagle": EagleHeadConf,
     "eagle3": Eagle3HeadConf,
     "draft_model": DraftModelHeadConf,
+    "dflash": DFlashHeadConf,
 }
 
 

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from selfspec.heads import save_drafter
+from selfspec.train.loop import metric_label
 from selfspec.train.parallel import barrier
 from selfspec.utils import SelfspecError
 
@@ -35,7 +36,7 @@ def model_card(
     drafter: Any, target_name: str, data_summary: str, metrics: dict[str, float], path: Path
 ) -> str:
     """A short README.md: what the drafter is, for which target, on what data, how good, how to load it."""
-    label = "step" if drafter.drafter_type == "eagle3" else "head"
+    label = metric_label(drafter.drafter_type)
     rows = [
         f"| {k} | {v:.4g} |"
         for k, v in sorted(metrics.items())

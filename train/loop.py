@@ -29,6 +29,11 @@ from selfspec.utils import SelfspecError
 logger = logging.getLogger(__name__)
 
 
+def metric_label(drafter_type: str) -> str:
+    """What the k-th entry of a family's per-head metrics is: an EAGLE-3 TTT step, a DFlash block position, a head."""
+    return {"eagle3": "step", "dflash": "pos"}.get(drafter_type, "head")
+
+
 def head_config(drafter: Any) -> dict[str, Any]:
     """The drafter's hyper-parameters as plain JSON values (what a checkpoint must match to be resumed)."""
     return json.loads(json.dumps(asdict(drafter.config), default=str))
@@ -99,7 +104,7 @@ class Trainer:
         self.output_dir = output_dir
         self.ckpt_dir = output_dir / "checkpoints"
         self.tracker = tracker or Tracker()
-        self.label = "step" if drafter.drafter_type == "eagle3" else "head"
+        self.label = metric_label(drafter.drafter_type)
         self.layers = list(drafter.feature_layers())
         self.head = head_config(drafter)
         self.engine = parallelize(DrafterObjective(drafter, self.t.loss), cfg, device, world)

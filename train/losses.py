@@ -17,12 +17,20 @@ predict ``x_{p+1}``. A drafter row t that predicts ``x_{t+s}`` is compared with 
   of a custom attention. CE over the draft vocabulary to the target distribution restricted to it
   (renormalised), step j weighted ``ttt_decay**j``.
 - Draft model: forward KL (or reverse KL / JSD) to the target's distribution at every position.
+- DFlash (Chen et al., 2026): per sequence, ``dflash_anchors`` random anchors a among the positions the target
+  wrote (loss_mask[a] = 1); each becomes a block ``[x_a, mask x (K-1)]`` at positions a .. a+K-1 that sees the
+  fused target features at positions < a and its own block (all blocks in one forward, heads/dflash.py).
+  Block position i >= 1 predicts x_{a+i}: CE over the draft vocabulary to the target's distribution at a+i-1
+  restricted to it (renormalised, as EAGLE-3), where loss_mask[a+i]; position i weighted
+  ``exp(-(i-1) / dflash_gamma)`` (the method's decay: early positions gate every later acceptance). Anchors come
+  from the global RNG while training (its state is checkpointed) and from a fixed seed in evaluation.
 
 Per-head / per-step losses stay tensors (``LossOutput``); the loop reduces them only when it logs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,12 +212,57 @@ def draft_model_loss(
     return _stack([loss], [(pred.argmax(-1) == tgt.argmax(-1)).sum()], [pred.shape[0]], [1.0], logits.device)
 
 
+def sample_anchors(
+    loss_mask: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) loss mask -> (anchors (B, N) sorted, valid (B, N) bool), N = min(n, T): up to ``n`` distinct random
+    positions per row with loss_mask 1 and a next token; rows with fewer fill up with invalid positions."""
+    b, t = loss_mask.shape
+    ok = loss_mask.bool().clone()
+    ok[:, -1] = False  # the last position predicts nothing
+    noise = torch.rand(b, t, generator=generator, device=loss_mask.device)
+    anchors = (noise + ok.float()).topk(min(n, t), dim=-1).indices.sort(-1).values  # valid ones rank first
+    return anchors, ok.gather(1, anchors)
+
+
+def dflash_loss(
+    drafter: nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    tgt_logits: torch.Tensor,
+    features: tuple[torch.Tensor, ...],
+    lc: Any,
+) -> LossOutput:
+    b, seq = input_ids.shape
+    k = drafter.block_size
+    gen = None
+    if not drafter.training:  # the same anchors at every evaluation, and the training RNG untouched
+        gen = torch.Generator(device=input_ids.device).manual_seed(0)
+    anchors, valid = sample_anchors(loss_mask, int(lc.dflash_anchors), gen)  # (B, N)
+    context = drafter.fuse(torch.cat(features, dim=-1))  # (B, T, H)
+    logits = drafter.forward_anchors(context, input_ids, anchors)  # (B, N, K, Vd)
+    draft_to_target = torch.arange(drafter.d2t.numel(), device=input_ids.device) + drafter.d2t  # (Vd,)
+    rows = torch.arange(b, device=input_ids.device)[:, None].expand_as(anchors)  # (B, N)
+    losses, correct, count = [], [], []
+    for i in range(1, k):
+        pos = anchors + i  # (B, N) the predicted token's position
+        m = valid & (pos < seq) & loss_mask.gather(1, pos.clamp(max=seq - 1)).bool()
+        pred = logits[:, :, i][m].float()  # (M, Vd)
+        tgt = tgt_logits[rows[m], pos[m] - 1].float()  # (M, V) the target's distribution for x_{a+i}
+        losses.append(_mean(soft_ce(pred, tgt[:, draft_to_target], lc.temperature)))
+        correct.append((draft_to_target[pred.argmax(-1)] == tgt.argmax(-1)).sum())
+        count.append(pred.shape[0])
+    weights = [math.exp(-(i - 1) / float(lc.dflash_gamma)) for i in range(1, k)]
+    return _stack(losses, correct, count, weights, input_ids.device)
+
+
 LossFn = Callable[..., LossOutput]
 LOSSES: dict[str, LossFn] = {
     "medusa": medusa_loss,
     "eagle": eagle_loss,
     "eagle3": eagle3_loss,
     "draft_model": draft_model_loss,
+    "dflash": dflash_loss,
 }
 
 

@@ -59,7 +59,7 @@ def train_job(cfg: DictConfig) -> TrainResult:
     dataset_dir = build_dataset(cfg, target, tokenizer)
     splits = load_splits(dataset_dir)
     counts = None
-    if cfg.head.type == "eagle3":
+    if cfg.head.type in ("eagle3", "dflash"):  # the draft vocabulary (and DFlash's mask token) from counts
         vocab = int(target.get_output_embeddings().weight.shape[0])
         counts = token_counts(splits["train"], vocab, int(cfg.train.max_seq_len))
     seed_everything(int(cfg.seed))

@@ -21,6 +21,7 @@ from torch import nn
 
 from selfspec.decode.kv import KVState
 from selfspec.decode.propose import CachedProposer, MedusaProposer
+from selfspec.decode.propose_dflash import DFlashProposer
 from selfspec.decode.tree import COMPACT_CHOICES, DraftTree, ancestor_mask
 from selfspec.decode.verify import Acceptance, greedy_accept, sample_accept, warp_probs
 from selfspec.heads.features import target_forward
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 # Per drafter type: (depth, topk, total_tokens): EAGLE-2-sized trees of 16 nodes, for GPUs, where verifying 16 nodes
 # costs close to a 1-token forward; on a 2-core CPU it costs ~2.2x (`python -m selfspec.heads.bench_heads`).
 DEFAULTS = {"eagle": (5, 4, 16), "eagle3": (5, 4, 16), "draft_model": (4, 1, 5), "medusa": (4, 0, 0)}
+DEFAULTS["dflash"] = (0, 1, 0)  # a chain of block_size - 1 drafts from one forward (decode/propose_dflash.py)
 
 
 @dataclass
@@ -107,6 +109,8 @@ class SpeculativeDecoder:
             if o.get("tree") is False:
                 choices = [(0,) * d for d in range(1, self.drafter.config.num_heads + 1)]
             return MedusaProposer(self.drafter, choices)
+        if self.kind == "dflash":
+            return DFlashProposer.from_options(self.drafter, o)
         topk = 1 if o.get("tree") is False else o.get("topk") or topk
         if o.get("tree") is True and topk == 1:
             topk = 4

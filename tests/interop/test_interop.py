@@ -2,8 +2,9 @@
 
 Slow (venv creation + installs, minutes): skipped unless ``SELFSPEC_INTEROP=1``; run by ``scripts/interop_check.sh``.
 ``SELFSPEC_INTEROP_VENVS=DIR`` reuses venvs across runs (default: a fresh temporary folder).
-``SELFSPEC_INTEROP_TRAINED=RUNS`` checks the drafters trained on the embedded target instead (``RUNS/eagle3/drafter``
-and ``RUNS/medusa/drafter``, e.g. from ``make reproduce``); default: random drafters on the tiny target.
+``SELFSPEC_INTEROP_TRAINED=RUNS`` checks the drafters trained on the embedded target instead (``RUNS/eagle3/drafter``,
+``RUNS/medusa/drafter`` and ``RUNS/dflash/drafter``, e.g. from ``make reproduce``); default: random drafters on the
+tiny target.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def drafters(interop_target, tmp_path_factory):
     name, model, tok = interop_target
     root = tmp_path_factory.mktemp("interop")
     if TRAINED:
-        native = {kind: Path(TRAINED) / kind / "drafter" for kind in ("eagle3", "medusa")}
-        e3, med = (load_drafter(native[k], model, tok) for k in ("eagle3", "medusa"))
+        native = {kind: Path(TRAINED) / kind / "drafter" for kind in ("eagle3", "medusa", "dflash")}
+        e3, med, dfl = (load_drafter(native[k], model, tok) for k in ("eagle3", "medusa", "dflash"))
     else:
         torch.manual_seed(0)
         e3 = build_drafter(
@@ -110,7 +111,12 @@ def drafters(interop_target, tmp_path_factory):
             torch.rand(model.config.vocab_size),
         )
         med = build_drafter({"type": "medusa", "num_heads": 3}, model)
-        for d in (e3, med):
+        dfl = build_drafter(
+            {"type": "dflash", "draft_vocab_size": 128, "block_size": 4, "num_layers": 2},
+            model,
+            torch.rand(model.config.vocab_size),
+        )
+        for d in (e3, med, dfl):
             with torch.no_grad():
                 for p in d.parameters():
                     p.add_(torch.randn_like(p) * 0.02)
@@ -118,12 +124,16 @@ def drafters(interop_target, tmp_path_factory):
         native = {
             "eagle3": save_drafter(e3, root / "eagle3", name, fp),
             "medusa": save_drafter(med, root / "medusa", name, fp),
+            "dflash": save_drafter(dfl, root / "dflash", name, fp),
         }
     exports = {
         fmt: export(native[kind], fmt, root / fmt, target=model)
         for fmt, kind in (("speculators", "eagle3"), ("sglang", "eagle3"), ("medusa", "medusa"))
     }
-    return {"eagle3": e3, "medusa": med, "native": native, "exports": exports, "root": root}
+    exports["speculators-dflash"] = export(
+        native["dflash"], "speculators", root / "speculators-dflash", target=model
+    )
+    return {"eagle3": e3, "medusa": med, "dflash": dfl, "native": native, "exports": exports, "root": root}
 
 
 def test_speculators_loads_export_with_same_logits(drafters, interop_target):
@@ -152,6 +162,49 @@ def test_speculators_loads_export_with_same_logits(drafters, interop_target):
     assert theirs["class"] == "Eagle3DraftModel" and theirs["aux_ids"] == e3.feature_layers()
     torch.testing.assert_close(theirs["logits"], ours, rtol=1e-4, atol=1e-5)
     assert torch.equal(theirs["draft_tokens"], ours.argmax(-1))
+
+
+def test_speculators_loads_dflash_export_with_same_logits(drafters, interop_target):
+    """speculators' own training forward (anchored blocks, its flex-attention mask built densely for sdpa) on the
+    export gives selfspec's block logits; tolerance: fp32 rounding of two op orders (rtol 1e-4, atol 1e-5)."""
+    _, model, _ = interop_target
+    python = make_venv("speculators", SPECULATORS)
+    dfl = drafters["dflash"]
+    torch.manual_seed(3)
+    h, t, k = model.config.hidden_size, 40, dfl.block_size
+    inputs = {
+        "aux": torch.randn(1, t, len(dfl.feature_layers()) * h),
+        "input_ids": torch.randint(0, model.config.vocab_size, (1, t)),
+        "anchors": torch.tensor([0, 3, 9, 17, t - k - 1]),  # speculators never anchors in the last block
+    }
+    with torch.no_grad():
+        ours = dfl.forward_anchors(dfl.fuse(inputs["aux"]), inputs["input_ids"], inputs["anchors"][None])
+    ours = ours.reshape(1, -1, ours.shape[-1])  # (1, N*K, Vd)
+    root = drafters["root"]
+    torch.save(inputs, root / "dflash_in.pt")
+    out = root / "dflash_out.pt"
+    run_client(
+        python,
+        "speculators_dflash_client.py",
+        drafters["exports"]["speculators-dflash"],
+        root / "dflash_in.pt",
+        out,
+    )
+    theirs = torch.load(out)
+    assert theirs["class"] == "DFlashDraftModel" and theirs["aux_ids"] == dfl.feature_layers()
+    assert (theirs["block_size"], theirs["mask_token_id"]) == (k, dfl.config.mask_token_id)
+    assert torch.equal(theirs["blocks"], (inputs["anchors"][:, None] + torch.arange(k)).reshape(-1))
+    diff = (theirs["logits"] - ours).abs().max().item()
+    print(f"speculators dflash logits: max abs diff {diff:.3g} (max |logit| {ours.abs().max().item():.3g})")
+    torch.testing.assert_close(theirs["logits"], ours, rtol=1e-4, atol=1e-5)
+
+
+def test_import_back_dflash_decodes_like_native(drafters, interop_target):
+    _, model, tok = interop_target
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    native = import_drafter(drafters["native"]["dflash"], target=model, tokenizer=tok)
+    back = import_drafter(drafters["exports"]["speculators-dflash"], target=model, tokenizer=tok)
+    assert _selfspec_decode(model, back, prompts, 24, 3) == _selfspec_decode(model, native, prompts, 24, 3)
 
 
 def _selfspec_decode(model, drafter, prompts, max_new, depth):

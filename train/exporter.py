@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from selfspec.heads import save_drafter
 from selfspec.train.loop import metric_label
 from selfspec.train.parallel import barrier
-from selfspec.utils import SelfspecError
+from selfspec.utils import SelfspecError, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,32 @@ def export_drafter(
     barrier()
     logger.info("drafter exported to %s", out)
     return out
+
+
+def add_measured_acceptance(folder: Path, report: dict[str, Any]) -> None:
+    """Append the acceptance report's figures to the model card: tau (mean accepted tokens per target forward),
+    tokens/s and the speed-up of every method, on the held-out prompts the report ran."""
+    s, card = report["settings"], folder / "README.md"
+    rows = [
+        f"| {m['name']} | {m['mean_accepted_tokens']:.2f} | {m['tokens_per_s']:.1f} | "
+        f"{(m['speedup'] or 0):.2f}x | {'yes' if m['identical'] else 'NO'} |"
+        for m in report["methods"]
+    ]
+    text = "\n".join(
+        [
+            "",
+            "## Measured acceptance",
+            "",
+            f"{s['num_prompts']} held-out prompts of the eval split, {s['max_new_tokens']} new tokens, batch 1, "
+            f"{report['target']['device']} ({s['threads']} threads); tau = new tokens per target forward.",
+            "",
+            "| method | tau | tokens/s | speed-up | identical to greedy |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    atomic_write_text(card, card.read_text() + text)
 
 
 def push_to_hub(folder: Path, repo_id: str) -> str:

@@ -24,7 +24,7 @@ from selfspec.heads.registry import drafter_class
 from selfspec.target import load_target, tokenizer_fingerprint
 from selfspec.train.batches import token_counts
 from selfspec.train.config import register_train
-from selfspec.train.exporter import export_drafter, push_to_hub
+from selfspec.train.exporter import add_measured_acceptance, export_drafter, push_to_hub
 from selfspec.train.loop import Trainer
 from selfspec.train.parallel import init_distributed, local_device
 from selfspec.train.tracking import make_tracker
@@ -74,10 +74,12 @@ def train_job(cfg: DictConfig) -> TrainResult:
         trainer.engine, drafter, cfg, tokenizer_fingerprint(tokenizer), dataset_dir, summary, metrics
     )
     tracker.finish()
+    if rank == 0 and cfg.train.report:  # before publishing: the model card gets the measured acceptance
+        report = _report(cfg, target, tokenizer, folder, splits["eval"])
+        if report is not None:
+            add_measured_acceptance(folder, report)
     if rank == 0 and cfg.train.push_to_hub:
         push_to_hub(folder, str(cfg.train.push_to_hub))
-    if rank == 0 and cfg.train.report:
-        _report(cfg, target, tokenizer, folder, splits["eval"])
     return TrainResult(folder, drafter, metrics, trainer.history)
 
 
@@ -87,13 +89,15 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def _report(cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_split: Any) -> None:
-    """End with decode/bench's acceptance report on the eval split."""
+def _report(
+    cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_split: Any
+) -> dict[str, Any] | None:
+    """End with decode/bench's acceptance report on the eval split; return it (None when the split is empty)."""
     from selfspec.decode.report import print_table, run_report
 
     if len(eval_split) == 0:
         logger.info("the eval split is empty: skipping the acceptance report")
-        return
+        return None
     report = run_report(
         target,
         tokenizer,
@@ -104,6 +108,7 @@ def _report(cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_spl
         num_prompts=int(cfg.train.report_prompts),
     )
     print_table(report)
+    return report
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base=None)

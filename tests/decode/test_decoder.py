@@ -25,6 +25,15 @@ DRAFTERS = {
         {"type": "draft_model", "num_layers": 1},
         {"depth": 3, "topk": 2, "total_tokens": 6},
     ),
+    "dflash": ({"type": "dflash", "draft_vocab_size": 128, "block_size": 5, "num_layers": 2}, {}),
+    "dflash-depth2": (
+        {"type": "dflash", "draft_vocab_size": 128, "block_size": 5, "num_layers": 1},
+        {"depth": 2},
+    ),
+    "dflash-tree": (
+        {"type": "dflash", "draft_vocab_size": 0, "block_size": 4, "num_layers": 1},
+        {"topk": 3, "total_tokens": 8},
+    ),
 }
 
 

@@ -2,7 +2,8 @@
 
 Each family trains briefly in-process on the target's own answers (a shared 8-prompt dataset), is exported,
 reloaded from its folder, and must reproduce ``target.generate(do_sample=False)`` token for token at batch 4
-(left-padded chat prompts) and batch 1.
+(left-padded chat prompts) and batch 1. DFlash also samples: a chi-square of (x1, x2, x3) against the target's exact
+top-3 warped law.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from selfspec.decode import SpeculativeDecoder
+from selfspec.decode.verify import warp_probs
 from selfspec.heads import load_drafter
 from selfspec.train.run import train_job
+from tests.decode.test_sampling import _chi2_threshold
 from tests.train.conftest import compose
 
 pytestmark = pytest.mark.integration
@@ -35,7 +38,9 @@ FAMILIES = {
     "eagle": (["+experiment=eagle"], {"depth": 4, "topk": 3, "total_tokens": 10}),
     "eagle3": (["+experiment=eagle3", "head.ttt_steps=3"], {"depth": 4, "topk": 3, "total_tokens": 10}),
     "draft_model": (["+experiment=draft", "head.num_layers=2"], {"depth": 3}),
+    "dflash": (["+experiment=dflash", "head.num_layers=2"], {}),
 }
+SAMPLE_DRAWS, TOP_K = 400, 3
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +76,44 @@ def test_trained_drafter_is_lossless(family, embedded_target, chat_batch, data_d
     one = dec.generate(row, max_new_tokens=NEW)
     want = model.generate(row, attention_mask=torch.ones_like(row), do_sample=False, max_new_tokens=NEW)
     assert torch.equal(one.sequences, want)
+    if family == "dflash":  # sampling on the real target: each block position drawn independently, q recorded
+        _assert_sampling_lossless(model, SpeculativeDecoder(model, dec.drafter, depth=2), row[:, -6:])
+
+
+def _top_k_joint(model, prompt: torch.Tensor) -> dict[tuple[int, ...], float]:
+    """P(x1, x2, x3 | prompt) under the target warped to its top-``TOP_K`` tokens: at most TOP_K**3 paths."""
+    paths = {(): 1.0}
+    for _ in range(3):
+        keys = list(paths)
+        ids = torch.cat(
+            [prompt.expand(len(keys), -1), torch.tensor([list(k) for k in keys]).view(len(keys), -1)], 1
+        )
+        with torch.no_grad():
+            probs = warp_probs(model(ids).logits[:, -1], 1.0, top_k=TOP_K)  # (P, V)
+        paths = {
+            (*k, int(x)): p * float(probs[i, x])
+            for i, (k, p) in enumerate(paths.items())
+            for x in probs[i].nonzero()
+        }
+    return paths
+
+
+def _assert_sampling_lossless(model, dec: SpeculativeDecoder, prompt: torch.Tensor) -> None:
+    """Chi-square of SAMPLE_DRAWS speculative samples of (x1, x2, x3) against the exact top-k warped law."""
+    res = dec.generate(prompt.expand(SAMPLE_DRAWS, -1), max_new_tokens=3, top_k=TOP_K, temperature=1.0, seed=7,
+                       eos_token_id=-1)  # fmt: skip
+    exact = _top_k_joint(model, prompt)
+    seen: dict[tuple[int, ...], int] = {}
+    for row in res.sequences[:, -3:].tolist():
+        seen[tuple(row)] = seen.get(tuple(row), 0) + 1
+    assert set(seen) <= set(exact)  # nothing outside the target's top-k paths
+    expected = {k: p * SAMPLE_DRAWS for k, p in exact.items()}
+    big = [k for k, e in expected.items() if e > 5]
+    stat = sum((seen.get(k, 0) - expected[k]) ** 2 / expected[k] for k in big)
+    rest_o = SAMPLE_DRAWS - sum(seen.get(k, 0) for k in big)
+    rest_e = SAMPLE_DRAWS - sum(expected[k] for k in big)
+    if rest_e > 1e-9:
+        stat += (rest_o - rest_e) ** 2 / rest_e
+    df = len(big) + int(rest_e > 1e-9) - 1
+    assert sum(res.stats.accepted_by_position) > 0  # drafts were accepted, so verification shaped the samples
+    assert stat < _chi2_threshold(df), f"chi2 {stat:.1f} df {df}"

@@ -1,8 +1,9 @@
 """Sampling is lossless: chi-square of speculative samples against the target's exact distribution.
 
-A tiny Llama with an 8-token vocabulary is the target and another random one the draft model; 3000 batch
-rows with the same prompt are 3000 independent draws. The first new token comes from the prefill, so the test
-looks at the joint law of new tokens 2 and 3 (64 cells), which speculative verification produced.
+A tiny Llama with an 8-token vocabulary is the target and another random one the draft model (or a random DFlash
+drafter); 3000 batch rows with the same prompt are 3000 independent draws. The first new token comes from the
+prefill, so the test looks at the joint law of new tokens 2 and 3 (64 cells), which speculative verification
+produced.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from selfspec.decode import SpeculativeDecoder
 from selfspec.decode.tree import DraftTree
 from selfspec.decode.verify import greedy_accept, warp_probs
+from selfspec.heads import build_drafter
 
 V = 8
 DRAWS = 3000
@@ -45,11 +47,8 @@ def _chi2_threshold(df: int, z: float = 3.29) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("topk", [1, 3], ids=["chain", "tree"])
-def test_sampled_tokens_follow_target(topk):
-    target, draft = _tiny_llama(0), _tiny_llama(1)
+def _assert_follows_target(dec: SpeculativeDecoder, target: LlamaForCausalLM) -> None:
     prompt = torch.tensor([[1, 5, 2, 7]])
-    dec = SpeculativeDecoder(target, draft, depth=3, topk=topk, total_tokens=8)
     res = dec.generate(prompt.expand(DRAWS, -1), max_new_tokens=3, temperature=TEMPERATURE, seed=123)
     new = res.sequences[:, -3:]
     counts = torch.bincount(new[:, 1] * V + new[:, 2], minlength=V * V).double()
@@ -62,6 +61,28 @@ def test_sampled_tokens_follow_target(topk):
     df = int(keep.sum()) + int(rest_e > 0) - 1
     assert res.stats.acceptance_by_position[0] > 0.05  # the draft is really being accepted sometimes
     assert float(stat) < _chi2_threshold(df), f"chi2 {float(stat):.1f} df {df}"
+
+
+@pytest.mark.parametrize("topk", [1, 3], ids=["chain", "tree"])
+def test_sampled_tokens_follow_target(topk):
+    target, draft = _tiny_llama(0), _tiny_llama(1)
+    _assert_follows_target(SpeculativeDecoder(target, draft, depth=3, topk=topk, total_tokens=8), target)
+
+
+@pytest.mark.parametrize(
+    ("draft_vocab", "topk"), [(0, 1), (6, 1), (0, 3)], ids=["chain", "chain-reduced-vocab", "tree"]
+)
+def test_dflash_sampled_tokens_follow_target(draft_vocab, topk):
+    """A block's positions are drawn independently given the context, each with its q recorded: still lossless,
+    also when the draft vocabulary leaves target tokens out (q is 0 there)."""
+    target = _tiny_llama(0)
+    torch.manual_seed(1)
+    head = {"type": "dflash", "draft_vocab_size": draft_vocab, "block_size": 4, "num_layers": 1}
+    drafter = build_drafter(head, target, torch.arange(V, 0, -1).float()).eval()
+    with torch.no_grad():
+        for p in drafter.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    _assert_follows_target(SpeculativeDecoder(target, drafter, topk=topk, total_tokens=8), target)
 
 
 def test_greedy_accept_walks_matching_children():

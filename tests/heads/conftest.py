@@ -7,12 +7,13 @@ import torch
 
 from selfspec.heads import build_drafter
 
-FAMILIES = ["medusa", "eagle", "eagle3", "draft_model"]
+FAMILIES = ["medusa", "eagle", "eagle3", "draft_model", "dflash"]
 HEAD_CFGS = {
     "medusa": {"type": "medusa", "num_heads": 3, "num_layers": 2, "own_lm_head": True},
     "eagle": {"type": "eagle"},
     "eagle3": {"type": "eagle3", "draft_vocab_size": 100},
     "draft_model": {"type": "draft_model", "num_layers": 2},
+    "dflash": {"type": "dflash", "draft_vocab_size": 100, "block_size": 4, "num_layers": 2},
 }
 
 
@@ -25,7 +26,9 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def make_drafter(family: str, target, randomised: bool = True):
-    counts = torch.arange(target.config.vocab_size, dtype=torch.float).flip(0) if family == "eagle3" else None
+    counts = None
+    if family in ("eagle3", "dflash"):
+        counts = torch.arange(target.config.vocab_size, dtype=torch.float).flip(0)
     d = build_drafter(HEAD_CFGS[family], target, token_counts=counts)
     if randomised:
         randomise(d)
@@ -46,6 +49,8 @@ def draft_outputs(drafter, target, input_ids: torch.Tensor) -> tuple[torch.Tenso
         return drafter(feats[0], input_ids, pos)
     if kind == "eagle3":
         return drafter(drafter.fuse(torch.cat(feats, -1)), input_ids, pos)
+    if kind == "dflash":  # one block per position: (B, T, K, Vd)
+        return (drafter.forward_anchors(drafter.fuse(torch.cat(feats, -1)), input_ids, pos),)
     return (drafter(input_ids),)
 
 

@@ -27,16 +27,30 @@ def drafters(tiny_target):
     medusa = build_drafter({"type": "medusa", "num_heads": 3, "num_layers": 2}, model)
     medusa_own = build_drafter({"type": "medusa", "num_heads": 2, "own_lm_head": True}, model)
     eagle = build_drafter({"type": "eagle"}, model)
+    dflash = build_drafter(
+        {"type": "dflash", "draft_vocab_size": 64, "block_size": 4, "num_layers": 2}, model, counts
+    )
+    dflash_full = build_drafter(
+        {"type": "dflash", "draft_vocab_size": 0, "block_size": 3, "num_layers": 1}, model
+    )
     for d in (
         eagle3,
         medusa,
         medusa_own,
         eagle,
+        dflash,
     ):  # random weights: zero-initialised blocks would hide mistakes
         with torch.no_grad():
             for p in d.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
-    return {"eagle3": eagle3, "medusa": medusa, "medusa_own": medusa_own, "eagle": eagle}
+    return {
+        "eagle3": eagle3,
+        "medusa": medusa,
+        "medusa_own": medusa_own,
+        "eagle": eagle,
+        "dflash": dflash,
+        "dflash_full": dflash_full,  # full vocabulary: the export leaves lm_head (the target's) to the engine
+    }
 
 
 def _outputs(drafter, model):
@@ -46,6 +60,10 @@ def _outputs(drafter, model):
     h = model.config.hidden_size
     if drafter.drafter_type == "medusa":
         return drafter(torch.randn(2, 7, h))
+    if drafter.drafter_type == "dflash":
+        ctx = drafter.fuse(torch.randn(2, 7, len(drafter.feature_layers()) * h))
+        logits = drafter.forward_anchors(ctx, ids, torch.tensor([[0, 3], [2, 6]]))
+        return torch.cat([logits.flatten(), drafter.draft_to_target(logits.argmax(-1)).flatten().float()])
     if drafter.drafter_type == "eagle3":
         out = drafter(drafter.fuse(torch.randn(2, 7, 3 * h)), ids, pos)
         return torch.cat(
@@ -63,6 +81,8 @@ def _outputs(drafter, model):
         ("medusa", "medusa"),
         ("medusa_own", "medusa"),
         ("eagle", "eagle1"),
+        ("dflash", "speculators"),
+        ("dflash_full", "speculators"),
     ],
 )
 def test_round_trip(drafters, tiny_target, tmp_path, name, fmt):
@@ -161,3 +181,43 @@ def test_sglang_default_ids_resolved_from_target(tiny_target, tmp_path, drafters
     with pytest.raises(SelfspecError, match="target="):
         import_drafter(out)
     assert isinstance(import_drafter(out, target=model), Eagle3)
+
+
+def test_dflash_layout_and_refusals(drafters, tiny_target, tmp_path):
+    model, _ = tiny_target
+    d = drafters["dflash"]
+    out = export(d, "speculators", tmp_path / "s", target_name_or_path=TARGET)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (
+        cfg["speculators_model_type"] == "dflash" and cfg["block_size"] == 4 and not cfg["sample_from_anchor"]
+    )
+    assert (
+        cfg["aux_hidden_state_layer_ids"] == d.feature_layers()
+        and cfg["mask_token_id"] == d.config.mask_token_id
+    )
+    layer = cfg["transformer_layer_config"]
+    assert layer["model_type"] == "qwen3" and layer["num_hidden_layers"] == 2 and layer["head_dim"] == 16
+    assert cfg["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 3
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert {
+        "fc.weight",
+        "hidden_norm.weight",
+        "lm_head.weight",
+        "d2t",
+        "t2d",
+        "layers.1.self_attn.q_norm.weight",
+    } <= keys
+    # An EAGLE-3 export renamed to dflash, and a DSpark-style export: refused in one line.
+    renamed = export(drafters["eagle3"], "speculators", tmp_path / "r", target_name_or_path=TARGET)
+    cfg_e3 = json.loads((renamed / "config.json").read_text())
+    cfg_e3.update(speculators_model_type="dflash", block_size=4, mask_token_id=0)
+    (renamed / "config.json").write_text(json.dumps(cfg_e3))
+    with pytest.raises(SelfspecError, match="weights are a eagle3 drafter's") as e:
+        import_drafter(renamed, target=model)
+    assert "\n" not in str(e.value)
+    cfg["sample_from_anchor"] = True
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SelfspecError, match="sample_from_anchor"):
+        import_drafter(out, target=model)
+    with pytest.raises(SelfspecError, match="holds eagle3 or dflash drafters, not medusa"):
+        export(drafters["medusa"], "speculators", tmp_path / "m", target_name_or_path=TARGET)

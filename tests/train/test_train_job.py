@@ -33,7 +33,7 @@ def _same_outputs(trained, folder, target, loss_cfg) -> None:
     torch.testing.assert_close(a.correct, b.correct)
 
 
-@pytest.mark.parametrize("experiment", ["eagle", "eagle3", "draft"])
+@pytest.mark.parametrize("experiment", ["eagle", "eagle3", "draft", "dflash"])
 def test_family_trains_exports_and_reloads(experiment, tmp_path, data_cache, tiny_target):
     from selfspec.train.run import train_job
 
@@ -45,6 +45,7 @@ def test_family_trains_exports_and_reloads(experiment, tmp_path, data_cache, tin
             f"data.cache_dir={data_cache}",
             f"output_dir={tmp_path}",
             "head.ttt_steps=3" if experiment == "eagle3" else "seed=0",
+            *(["head.num_layers=1", "head.block_size=4"] if experiment == "dflash" else []),
         ]
     )
     result = train_job(cfg)

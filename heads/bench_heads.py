@@ -1,7 +1,8 @@
 """Draft-step cost of each drafter family on the embedded target's sizes: ``python -m selfspec.heads.bench_heads``.
 
 One draft step = what decode/ runs per drafted token (batch 1, one new position, a warm cache of ``--ctx``
-tokens where the family has one). Medusa drafts all K tokens in one step, so its per-token cost is step/K.
+tokens where the family has one). Medusa drafts all K tokens in one step, so its per-token cost is step/K; so does
+DFlash, whose step is one forward over one new context entry and a block of K positions (K-1 drafts).
 Reference rows: one target forward of 1 token, and the target's lm_head alone.
 
 A second table is the other side of the trade: one target forward over n new tokens (a verification of an
@@ -44,6 +45,25 @@ def _cached_step(drafter, hidden: torch.Tensor, ctx: int) -> Callable[[], object
     def step():
         out = drafter(hidden, ids[:, :1], pos, past_key_values=cache)
         cache.crop(-1)  # drop the step just written (transformers 5: negative = remove)
+        return out
+
+    return step
+
+
+def _dflash_step(drafter, ctx: int) -> Callable[[], object]:
+    """A DFlash step at position ``ctx``: one new context entry and the block, over a warm context cache."""
+    h, k = drafter.config.hidden_size, drafter.block_size
+    aux = torch.randn(1, ctx + 1, len(drafter.feature_layers()) * h)
+    cache = DynamicCache()
+    context = drafter.fuse(aux)  # (1, ctx+1, H)
+    block = drafter.block_ids(torch.zeros(1, dtype=torch.long))  # (1, K)
+    drafter(context[:, :ctx], torch.arange(ctx)[None], block, torch.arange(ctx, ctx + k)[None], None, cache)
+    cache.crop(-k)  # keep the context (transformers 5: negative = remove)
+    new_pos, block_pos = torch.tensor([[ctx]]), torch.arange(ctx + 1, ctx + 1 + k)[None]
+
+    def step():
+        out = drafter(drafter.fuse(aux[:, ctx:]), new_pos, block, block_pos, None, cache)
+        cache.crop(-(1 + k))
         return out
 
     return step
@@ -93,6 +113,19 @@ def rows(target, ctx: int, repeat: int, vocab_sizes: list[int]) -> list[tuple[st
                 f"eagle3 draft vocab {label} ({e3.draft_vocab_size})",
                 timeit(_cached_step(e3, hidden, ctx), repeat),
                 1,
+            )
+        )
+
+    for layers, vd in ((3, 8192), (1, 8192), (3, 0)):
+        d = build_drafter(
+            {"type": "dflash", "block_size": 8, "num_layers": layers, "draft_vocab_size": vd}, target
+        )
+        label = "full" if vd <= 0 else f"{vd // 1024}k"
+        out.append(
+            (
+                f"dflash K=8 ({layers} layers, vocab {label}), per block",
+                timeit(_dflash_step(d, ctx), repeat),
+                7,
             )
         )
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make reproduce   (or: bash scripts/reproduce.sh)
 # The whole CPU pipeline behind the README's results table, from a clean clone:
-#   1. python train/run.py +experiment=X for X in medusa eagle eagle3 draft (each: the target writes its data,
+#   1. python train/run.py +experiment=X for X in medusa eagle eagle3 dflash draft (each: the target writes its data,
 #      the drafter trains, is exported to $RUNS/X/drafter, and its own report lands in $RUNS/X/report);
 #   2. one combined bench: every drafter and the baselines on the same held-out prompts, interleaved;
 #   3. results/README_table.md (+ .json) from the combined bench, results/train_reports.md from the per-run
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 RUNS=${RUNS:-outputs/reproduce}
 RESULTS=${RESULTS:-results}
-EXPERIMENTS=${EXPERIMENTS:-medusa eagle eagle3 draft}
+EXPERIMENTS=${EXPERIMENTS:-medusa eagle eagle3 dflash draft}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 BENCH_ARGS=${BENCH_ARGS:-num_prompts=null max_new_tokens=128}  # every held-out prompt (6 of 64 by default)
 TITLE=${TITLE:-Results: SmolLM2-135M-Instruct target on a 2-core CPU}

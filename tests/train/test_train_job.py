@@ -97,11 +97,13 @@ def test_cli_medusa_with_launcher_arg(tmp_path, data_cache, tiny_target):
     assert (tmp_path / "checkpoints" / "step_0000003" / "selfspec.json").is_file()
 
 
-def test_resume_after_kill_matches_uninterrupted(tmp_path, data_cache, monkeypatch):
+@pytest.mark.parametrize("experiment", ["medusa", "dflash"])  # dflash: random anchors from the resumed RNG
+def test_resume_after_kill_matches_uninterrupted(tmp_path, data_cache, monkeypatch, experiment):
     from selfspec.train.run import train_job
 
     base = [
-        "+experiment=medusa",
+        f"+experiment={experiment}",
+        *(["head.num_layers=1", "head.block_size=4", "train.eval_every=2"] if experiment == "dflash" else []),
         *TINY,
         "train.max_steps=5",
         "train.save_every=2",

@@ -31,3 +31,20 @@ def embedded_target():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state():
+    """Every test ends with the environment it started with and no default process group.
+
+    ``train_job`` creates a single-rank gloo group and sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_*; without
+    this a later test would silently run as "rank 0 of an existing group" (or a test setting RANK would make
+    later ones think they are another rank).
+    """
+    saved = dict(os.environ)
+    yield
+    from selfspec.train.parallel import destroy_distributed
+
+    destroy_distributed()
+    os.environ.clear()
+    os.environ.update(saved)

@@ -55,6 +55,7 @@ def test_every_experiment_composes(experiment):
         assert (cfg[node] if not rest else cfg[node][rest[0]]) is not None, key
 
 
+@pytest.mark.timeout(150)
 def test_misspelt_key_fails_naming_it():
     proc = subprocess.run(
         [sys.executable, "train/run.py", "+experiment=medusa", "trainr.max_steps=1"],
@@ -68,6 +69,7 @@ def test_misspelt_key_fails_naming_it():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.timeout(150)
 def test_cfg_job_prints_config_without_loading_a_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train/run.py", "+experiment=eagle3", "--cfg", "job"],
@@ -133,6 +135,7 @@ def test_device_and_dtype_resolution():
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
 
 
+@pytest.mark.timeout(330)
 def test_wheel_installs_only_the_selfspec_namespace(tmp_path):
     proc = subprocess.run(
         [

@@ -60,6 +60,7 @@ def test_family_trains_exports_and_reloads(experiment, tmp_path, data_cache, tin
     _same_outputs(result.drafter, result.folder, tiny_target[0], cfg.train.loss)
 
 
+@pytest.mark.timeout(600)
 def test_cli_medusa_with_launcher_arg(tmp_path, data_cache, tiny_target):
     """The done-when command, plus the ``--local_rank=0`` the deepspeed launcher appends."""
     proc = run_cli(
@@ -174,6 +175,7 @@ def test_checkpoint_of_another_drafter_type_is_refused(tmp_path, data_cache):
         train_job(compose(["+experiment=eagle", *common]))
 
 
+@pytest.mark.timeout(330)
 def test_unknown_drafter_type_is_one_clear_line(tmp_path):
     proc = run_cli(["+experiment=medusa", "head.type=nosuch", "target=tiny_random", f"output_dir={tmp_path}"])
     assert proc.returncode == 1
@@ -183,6 +185,7 @@ def test_unknown_drafter_type_is_one_clear_line(tmp_path):
     assert "Traceback" not in output
 
 
+@pytest.mark.timeout(300)
 def test_torchrun_two_ranks_zero3_exports(tmp_path, data_cache, tiny_target):
     """``torchrun --nproc_per_node 2`` on the CPU (gloo), ZeRO-3: the weights are gathered for the export."""
     import socket

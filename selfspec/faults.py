@@ -1,0 +1,37 @@
+"""Fault injection for the kill tests: ``SELFSPEC_FAULT=<point>[:<n>]`` SIGKILLs the process the n-th time
+(default: the first) it reaches ``maybe_die("<point>")``.
+
+A SIGKILL is what a cluster's out-of-memory killer, a pre-empted node or ``scancel`` delivers: no ``finally``,
+no atexit, no flush. The tests (``pytest -m faults``) kill a real subprocess at each point, rerun it and
+compare with an uninterrupted run. Unset (always, outside those tests) a point costs one dict lookup.
+
+Points (where each sits and what it leaves behind):
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+
+ENV = "SELFSPEC_FAULT"
+
+# Hits per point in this process: the one piece of module state, so that ``:n`` means "the n-th time" without
+# threading a counter through every caller. Only read when SELFSPEC_FAULT names the point.
+_hits: Counter[str] = Counter()
+
+
+def maybe_die(point: str) -> None:
+    """SIGKILL this process if ``SELFSPEC_FAULT`` names ``point`` and this is its n-th hit."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return
+    _hits[point] += 1
+    if _hits[point] >= int(nth or 1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

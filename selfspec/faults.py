@@ -6,6 +6,9 @@ no atexit, no flush. The tests (``pytest -m faults``) kill a real subprocess at 
 compare with an uninterrupted run. Unset (always, outside those tests) a point costs one dict lookup.
 
 Points (where each sits and what it leaves behind):
+
+- ``atomic_dir_swap``: between the two renames that replace an existing folder (``selfspec/utils.py``): no
+  ``dest``, its previous version under ``.<name>.old-<unique>``.
 """
 
 from __future__ import annotations

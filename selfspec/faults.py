@@ -7,6 +7,8 @@ compare with an uninterrupted run. Unset (always, outside those tests) a point c
 
 Points (where each sits and what it leaves behind):
 
+- ``ckpt_between_files``: inside a checkpoint save, after every rank's DeepSpeed files and before selfspec's
+  ``selfspec.json`` marker (``train/checkpoints.py``): a ``step_*`` folder that must not be resumed from.
 - ``atomic_dir_swap``: between the two renames that replace an existing folder (``selfspec/utils.py``): no
   ``dest``, its previous version under ``.<name>.old-<unique>``.
 """

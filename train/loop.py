@@ -22,7 +22,7 @@ from selfspec.train import checkpoints
 from selfspec.train.batches import Batches
 from selfspec.train.checkpoints import TrainState
 from selfspec.train.losses import DrafterObjective, LossOutput
-from selfspec.train.parallel import all_reduce_sum, parallelize
+from selfspec.train.parallel import all_reduce_sum, barrier, parallelize
 from selfspec.train.tracking import Tracker
 from selfspec.utils import SelfspecError
 
@@ -144,12 +144,23 @@ class Trainer:
         mode = str(self.t.resume)
         if mode not in ("auto", "never"):
             raise SelfspecError(f"train.resume={mode!r}: use auto or never")
+        if mode == "never":
+            self._start_over()
         tag = checkpoints.latest_tag(self.ckpt_dir) if mode == "auto" else None
         if tag is None:
             return
         checkpoints.check_compatible(self.ckpt_dir, tag, self.drafter.drafter_type, self.head)
         self.state = checkpoints.load(self.engine, self.ckpt_dir, tag)
         logger.info("resumed from %s at step %d", self.ckpt_dir / tag, self.state.step)
+
+    def _start_over(self) -> None:
+        """``train.resume=never``: earlier checkpoints in this output_dir are deleted, or a later ``auto`` run
+        would resume from the old run's newest one instead of this run's."""
+        if self.rank == 0:
+            n = checkpoints.clear(self.ckpt_dir)
+            if n:
+                logger.warning("train.resume=never: deleted %d earlier checkpoint(s) in %s", n, self.ckpt_dir)
+        barrier()
 
     def save(self) -> None:
         checkpoints.save(

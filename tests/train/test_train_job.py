@@ -128,6 +128,29 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, data_cache, monkeypat
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
 
 
+def test_keep_last_and_resume_never(tmp_path, data_cache):
+    """``keep_last`` keeps the newest N checkpoints; ``resume=never`` starts over and drops the old run's."""
+    from selfspec.train.run import train_job
+
+    common = [
+        "+experiment=medusa",
+        *TINY,
+        "train.save_every=1",
+        "train.keep_last=2",
+        "train.eval_every=0",
+        f"data.cache_dir={data_cache}",
+        f"output_dir={tmp_path}",
+    ]
+    train_job(compose([*common, "train.max_steps=4"]))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000003", "step_0000004"]
+    assert (ckpts / "latest").read_text() == "step_0000004"  # still written, for DeepSpeed's tools
+    again = train_job(compose([*common, "train.max_steps=2", "train.resume=never"]))
+    assert [r["step"] for r in again.history] == [1, 2]
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000001", "step_0000002"]
+    assert checkpoints.latest_tag(ckpts) == "step_0000002"
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_cache, monkeypatch):
     from selfspec.train.run import train_job
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from selfspec.faults import maybe_die
-from selfspec.train.parallel import barrier
+from selfspec.train.parallel import all_reduce_sum, barrier
 from selfspec.utils import SelfspecError, atomic_write_json, atomic_write_text, fsync_tree, is_rank_zero
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def save(
     Order: DeepSpeed's files on every rank, fsynced; a barrier; then rank 0 writes ``config.yaml``, the
     ``selfspec.json`` marker, DeepSpeed's ``latest``, and prunes. The checkpoint counts only from the marker on.
     """
+    _check_weights_finite(engine, state.step)
     tag = f"step_{state.step:07d}"
     path = ckpt_dir / tag
     if is_rank_zero():
@@ -155,6 +156,20 @@ def save(
     barrier()
     logger.info("checkpoint %s saved", path)
     return path
+
+
+def _check_weights_finite(engine: Any, step: int) -> None:
+    """Never checkpoint NaN/inf weights (collective): a later resume would take them for the last good state.
+
+    A ZeRO-3 rank holds its share of a parameter in ``ds_tensor``.
+    """
+    shares = [getattr(p, "ds_tensor", p).detach() for p in engine.module.parameters()]
+    local = torch.stack([torch.isfinite(t).all() for t in shares]).all()
+    if bool(all_reduce_sum((~local).float().reshape(1)).item()):
+        raise SelfspecError(
+            f"refusing to checkpoint step {step}: the drafter's weights are not finite; the last complete "
+            "checkpoint stays the one to resume from; lower train.lr or check the data, then rerun"
+        )
 
 
 def _prune(ckpt_dir: Path, keep_last: int, keep: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -187,16 +188,38 @@ class Trainer:
         """Stop every rank together on a NaN/inf loss, before the optimizer sees its gradients."""
         bad = all_reduce_sum((~torch.isfinite(out.loss.detach())).float().reshape(1))
         if bool(bad.item()):
-            last = checkpoints.latest_tag(self.ckpt_dir)
-            kept = (
-                f"the last good checkpoint is {self.ckpt_dir / last}"
-                if last
-                else "no checkpoint was saved yet"
+            self._stop(f"non-finite loss ({float(out.loss.detach()):.4g})")
+
+    def _stop(self, what: str) -> None:
+        last = checkpoints.latest_tag(self.ckpt_dir)
+        kept = (
+            f"the last good checkpoint is {self.ckpt_dir / last}" if last else "no checkpoint was saved yet"
+        )
+        raise SelfspecError(
+            f"{what} at step {self.state.step + 1}: training stopped and "
+            f"{kept}; lower train.lr or check the data, then rerun (train.resume=auto continues from it)"
+        )
+
+    def _optimizer_step(self) -> None:
+        """``engine.step()``, stopping every rank together when the gradients are not finite.
+
+        A finite loss can still give infinite gradients. ZeRO-0 keeps the full gradients on the parameters until
+        the step, so they are checked before it (its clipping would turn a NaN norm into NaN weights). ZeRO-1..3
+        check their own partitions, skip such a step and report an infinite ``get_global_grad_norm()``: that
+        stops the run too, instead of skipping steps silently.
+        """
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary and int(self.engine.zero_optimization_stage()) == 0:
+            grads = [p.grad.detach() for p in self.engine.module.parameters() if p.grad is not None]
+            local = (
+                torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
             )
-            raise SelfspecError(
-                f"non-finite loss ({float(out.loss.detach()):.4g}) at step {self.state.step + 1}: training stopped and "
-                f"{kept}; lower train.lr or check the data, then rerun (train.resume=auto continues from it)"
-            )
+            if bool(all_reduce_sum((~local).float().reshape(1).to(self.device)).item()):
+                self._stop("non-finite gradients")
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm() if boundary else None
+        if norm is not None and not math.isfinite(float(norm)):
+            self._stop(f"non-finite gradient norm ({float(norm):.4g})")
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.max_steps``; return the final metrics (train window, eval, throughput)."""
@@ -219,7 +242,7 @@ class Trainer:
                 out = self.forward(batch)
                 self._check_finite(out)
                 self.engine.backward(out.loss)
-                self.engine.step()
+                self._optimizer_step()
                 self.state.micro_step += 1
                 seen += int(batch["num_tokens"])
                 window.add(out)

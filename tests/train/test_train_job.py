@@ -6,6 +6,7 @@ About 2-3 minutes on 2 cores (the subprocess and torchrun runs dominate).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,6 +180,85 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_cache, mon
         train_job(cfg)
     assert "step_0000002" in str(err.value) and "\n" not in str(err.value)
     assert checkpoints.latest_tag(tmp_path / "checkpoints") == "step_0000002"
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+def _guard_cfg(tmp_path, data_cache, *extra):
+    return compose(
+        [
+            "+experiment=medusa",
+            *TINY,
+            "train.max_steps=5",
+            "train.save_every=2",
+            "train.eval_every=0",
+            f"data.cache_dir={data_cache}",
+            f"output_dir={tmp_path}",
+            *extra,
+        ]
+    )
+
+
+def _finite_checkpoint(ckpt: Path) -> bool:
+    state = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("zero", ["zero0", "zero2"])
+def test_infinite_gradients_with_a_finite_loss_stop_the_run(zero, tmp_path, data_cache, monkeypatch):
+    """ZeRO-0 checks the gradients before its step; ZeRO-2 skips the step itself and reports the norm."""
+    from selfspec.train.run import train_job
+
+    real, calls = losses.LOSSES["medusa"], {"n": 0}
+
+    def inf_grad_at_third(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = _InfGrad.apply(out.loss)
+        return out
+
+    monkeypatch.setitem(losses.LOSSES, "medusa", inf_grad_at_third)
+    with pytest.raises(SelfspecError, match="non-finite gradient.* at step 3") as err:
+        train_job(_guard_cfg(tmp_path, data_cache, f"deepspeed={zero}"))
+    assert "step_0000002" in str(err.value) and "\n" not in str(err.value)
+    ckpts = tmp_path / "checkpoints"
+    assert checkpoints.latest_tag(ckpts) == "step_0000002" and not (ckpts / "step_0000004").exists()
+    if zero == "zero0":
+        assert _finite_checkpoint(ckpts / "step_0000002")
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, data_cache, monkeypatch):
+    """Whatever slipped past the loss and gradient guards, a checkpoint of NaN weights is refused."""
+    from selfspec.train.loop import Trainer
+    from selfspec.train.run import train_job
+
+    real, calls = Trainer._optimizer_step, {"n": 0}
+
+    def poison_fourth(self):
+        real(self)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            with torch.no_grad():
+                next(self.engine.module.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", poison_fourth)
+    with pytest.raises(
+        SelfspecError, match="refusing to checkpoint step 4: the drafter's weights are not finite"
+    ):
+        train_job(_guard_cfg(tmp_path, data_cache))
+    assert checkpoints.latest_tag(tmp_path / "checkpoints") == "step_0000002"
+    assert not (tmp_path / "checkpoints" / "step_0000004").exists()
 
 
 def test_checkpoint_of_another_drafter_type_is_refused(tmp_path, data_cache):

@@ -25,7 +25,7 @@ from selfspec.train.checkpoints import TrainState
 from selfspec.train.losses import DrafterObjective, LossOutput
 from selfspec.train.parallel import all_reduce_sum, barrier, parallelize
 from selfspec.train.tracking import Tracker
-from selfspec.utils import SelfspecError
+from selfspec.utils import SelfspecError, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,25 @@ class Trainer:
             with open(self.output_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def _trim_log(self) -> None:
+        """Drop ``train_log.jsonl`` rows past the step training starts from (rank 0), so no step appears twice.
+
+        A killed run logged steps after its last checkpoint, which the resumed run trains again; a
+        ``resume=never`` run starts from step 0. A last line cut by the kill is dropped too.
+        """
+        log = self.output_dir / "train_log.jsonl"
+        if self.rank != 0 or not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= self.state.step:
+                kept.append(line + "\n")
+        atomic_write_text(log, "".join(kept))
+
     # -- the loop ----------------------------------------------------------------------------------------
 
     def _check_finite(self, out: LossOutput) -> None:
@@ -224,6 +243,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``train.max_steps``; return the final metrics (train window, eval, throughput)."""
         self.maybe_resume()
+        self._trim_log()
         max_steps, ga = int(self.t.max_steps), int(self.t.grad_accum)
         stream = self.train_batches.stream(self.state.micro_step)
         bar = tqdm(

@@ -150,6 +150,8 @@ def test_keep_last_and_resume_never(tmp_path, data_cache):
     assert [r["step"] for r in again.history] == [1, 2]
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000001", "step_0000002"]
     assert checkpoints.latest_tag(ckpts) == "step_0000002"
+    logged = [json.loads(ln)["step"] for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]  # the old run's rows are gone, not followed by a second step 1
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_cache, monkeypatch):

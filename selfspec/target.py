@@ -291,12 +291,14 @@ def tiny_target_dir() -> Path:
     dest = selfspec_home() / "targets" / f"tiny-random-{_TINY_VERSION}"
     if (dest / "config.json").exists():
         return dest
-    model, tokenizer = build_tiny_target()
-    try:
+    from filelock import FileLock
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".tiny-random-{_TINY_VERSION}.lock")):
+        if (dest / "config.json").exists():  # another process built it while we waited
+            return dest
+        model, tokenizer = build_tiny_target()
         with atomic_dir(dest) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    except OSError:
-        if not (dest / "config.json").exists():  # losing a rename race to another process is fine
-            raise
     return dest

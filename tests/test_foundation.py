@@ -172,6 +172,27 @@ def test_tiny_target_name_loads_offline(monkeypatch):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.timeout(180)
+def test_two_processes_build_the_tiny_target_once(tmp_path):
+    """A lock beside the cache: the second process waits and reuses the first one's folder."""
+    env = {**os.environ, "SELFSPEC_HOME": str(tmp_path / "home")}
+    code = "from selfspec.target import tiny_target_dir; print(tiny_target_dir())"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=150) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    targets = tmp_path / "home" / "targets"
+    assert sorted(os.listdir(targets)) == [".tiny-random-v1.lock", "tiny-random-v1"]
+    printed = [out.decode().splitlines()[-1] for out, _ in outs]
+    assert printed == [str(targets / "tiny-random-v1")] * 2
+    model, _ = load_target(printed[0], device="cpu")
+    assert model.config.num_hidden_layers == 4
+
+
 @pytest.mark.integration
 def test_embedded_target_answers_coherently(embedded_target):
     model, tokenizer = embedded_target

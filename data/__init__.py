@@ -15,6 +15,9 @@ weights and tokenizer fingerprints, the ``data`` config except throughput knobs,
 
 A killed run leaves the plan and the committed shards; the rerun skips them and generates the rest, so every
 prompt index appears exactly once. The split is by prompt: an eval conversation is never in train.
+One job builds a folder at a time: rank 0 holds ``.<folder>.lock`` (beside the folder) from the plan to
+``COMPLETE``; a second job with the same config waits for it and reuses the result, or resumes the build if
+the first job dies.
 ``python data/generate.py output_dir=D`` also leaves ``D/dataset`` (a symlink to the cached ``dataset/``,
 opened by ``datasets.load_from_disk``) and ``D/meta.json``.
 """

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import re
+import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from selfspec.data.magpie import self_prompts
 from selfspec.data.prompts import Conversation, collect, source_records
 from selfspec.data.rollout import Rollout, Sampling
+from selfspec.faults import maybe_die
 from selfspec.target import load_target, selfspec_home, tokenizer_fingerprint, weights_fingerprint
 from selfspec.utils import SelfspecError, atomic_dir, atomic_write_json, atomic_write_text, resolve_device
 
@@ -167,6 +171,8 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
 
     rollout.on_batch = on_batch
     for i in todo:
+        if (work / COMPLETE).exists():  # another job finished this dataset meanwhile
+            break
         torch.manual_seed(seed * 1_000_003 + i)  # a shard's samples do not depend on which rank wrote it
         samples = rollout.run(convs[i * size : (i + 1) * size])
         rows = {
@@ -177,6 +183,7 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
         }
         with atomic_dir(work / "shards" / f"{i:05d}") as tmp:
             datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp))
+            maybe_die("data_shard")
             atomic_write_json(
                 tmp / "stats.json",
                 {
@@ -219,6 +226,7 @@ def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
     )
     with atomic_dir(work / "dataset") as tmp:
         splits.save_to_disk(str(tmp))
+    maybe_die("data_assemble")
     meta = {
         **meta,
         "num_samples": {k: len(v) for k, v in splits.items()},
@@ -229,11 +237,8 @@ def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
     }
     atomic_write_json(work / "meta.json", meta)
     atomic_write_text(work / COMPLETE, "ok\n")
-    for i in _shard_ids(plan):  # the dataset holds everything now; shards only served resumption
-        for f in sorted((work / "shards" / f"{i:05d}").rglob("*"), reverse=True):
-            f.rmdir() if f.is_dir() else f.unlink()
-        (work / "shards" / f"{i:05d}").rmdir()
-    (work / "shards").rmdir()
+    # The dataset holds everything now; shards only served resumption (a killed writer's leftovers included).
+    shutil.rmtree(work / "shards", ignore_errors=True)
     if plan["skipped"] or stats["unfinished_turns"]:
         logger.warning(
             "skipped: %s; %d of %d assistant turns hit max_new_tokens",
@@ -259,6 +264,48 @@ def build_dataset(
     if (work / COMPLETE).exists():
         logger.info("reusing the dataset in %s", work)
         return work / "dataset"
+    rank, _ = _rank_world()
+    with _builder_lock(work, rank):
+        if (work / COMPLETE).exists():  # another job built it while this one waited
+            logger.info("reusing the dataset in %s, built by another job", work)
+            shutil.rmtree(work / "shards", ignore_errors=True)  # shards a late writer of that job added
+            return work / "dataset"
+        _build(cfg, work, meta, target, tokenizer)
+    return work / "dataset"
+
+
+@contextlib.contextmanager
+def _builder_lock(work: Path, rank: int) -> Iterator[None]:
+    """One job builds a dataset folder at a time: rank 0 holds ``.<folder>.lock`` beside it from the plan to
+    ``COMPLETE``; a second job's rank 0 waits for it, then reuses the result. (Other ranks only follow rank 0's
+    commits.) The lock is the kernel's (flock), so a killed holder releases it; the cache filesystem must
+    support it, as local disks, NFSv4 and Lustre mounted with ``flock`` do."""
+    if rank != 0:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    work.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(work.parent / f".{work.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("another job is building %s (it holds %s): waiting for it", work, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build(
+    cfg: DictConfig,
+    work: Path,
+    meta: dict[str, Any],
+    target: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Plan, generate this rank's shards, and (rank 0) assemble; resumes whatever an earlier run committed."""
     d = cfg.data
     rollout = Rollout(
         target,
@@ -286,7 +333,6 @@ def build_dataset(
         _assemble(work, plan, meta)
     else:
         _wait_for(work / COMPLETE, "rank 0 to assemble the dataset")
-    return work / "dataset"
 
 
 def load_splits(path: str | Path) -> datasets.DatasetDict:

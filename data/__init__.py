@@ -12,6 +12,8 @@ weights and tokenizer fingerprints, the ``data`` config except throughput knobs,
     dataset/        DatasetDict "train"/"eval" (columns input_ids, loss_mask, prompt_len, prompt_index)
     meta.json       target name + fingerprints, generation params, source, seed, counts and skips
     COMPLETE        written last; only then is the folder reused as is (and the shards deleted)
+    .alive/RANK     under several ranks, each one's heartbeat: a rank waiting for another's commit gives up
+                    with a clear error after data.wait_timeout_s without a change (a cache_dir not shared)
 
 A killed run leaves the plan and the committed shards; the rerun skips them and generates the rest, so every
 prompt index appears exactly once. The split is by prompt: an eval conversation is never in train.

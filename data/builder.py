@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ FEATURES = datasets.Features(
     }
 )
 COMPLETE = "COMPLETE"
-_NOT_IN_KEY = ("batch_size", "shard_size", "cache_dir")  # throughput and location knobs, not content
+_NOT_IN_KEY = ("batch_size", "shard_size", "cache_dir", "wait_timeout_s")  # throughput, location, patience
 
 
 def _rank_world() -> tuple[int, int]:
@@ -96,14 +97,65 @@ def _target_device(device: str) -> str:
     return str(dev)
 
 
-def _wait_for(path: Path, what: str, poll_s: float = 2.0) -> None:
-    """Other ranks wait for rank 0's commits (a shared filesystem; torchrun kills all ranks if one fails)."""
-    start = time.monotonic()
+def _wait_for(path: Path, what: str, work: Path, peer: int, timeout_s: float) -> None:
+    """Wait for rank ``peer`` to commit ``path`` (other ranks follow rank 0's plan, rank 0 the others' shards).
+
+    A peer at work keeps its heartbeat changing (``_heartbeat``), however long its part takes. When neither
+    ``path`` appears nor the heartbeat changes for ``timeout_s``, the ranks do not share ``work`` (the default
+    cache under ``$SELFSPEC_HOME`` is node-local): one clear error instead of waiting forever.
+    """
+    beat = work / ".alive" / str(peer)
+    seen, since, logged = _read_beat(beat), time.monotonic(), time.monotonic()
     while not path.exists():
-        if time.monotonic() - start > 60:
+        time.sleep(min(2.0, timeout_s / 10))
+        now, beat_now = time.monotonic(), _read_beat(beat)
+        if beat_now != seen:
+            seen, since = beat_now, now
+        elif now - since > timeout_s:
+            raise SelfspecError(
+                f"rank {_rank_world()[0]} waited {timeout_s:.0f} s for {what} ({path}) without any sign of rank "
+                f"{peer} at work: the ranks do not share the dataset cache; set data.cache_dir to a folder "
+                "every rank (every node) can read and write, or raise data.wait_timeout_s if rank "
+                f"{peer} is only slow to start"
+            )
+        if now - logged > 60:
             logger.info("waiting for %s (%s)", what, path)
-            start = time.monotonic()
-        time.sleep(poll_s)
+            logged = now
+
+
+def _read_beat(beat: Path) -> str | None:
+    try:
+        return beat.read_text()
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _heartbeat(work: Path, rank: int, world: int, timeout_s: float) -> Iterator[None]:
+    """While this rank builds (world > 1), a daemon thread rewrites ``work/.alive/<rank>`` with a counter a few
+    times per ``timeout_s``. Waiting ranks judge the change on their own clock, so clock skew does not matter."""
+    if world == 1:
+        yield
+        return
+    beat, stop = work / ".alive" / str(rank), threading.Event()
+
+    def run() -> None:
+        n = 0
+        while True:
+            n += 1
+            with contextlib.suppress(OSError):  # a full or flaky disk must not kill the build from here
+                beat.parent.mkdir(parents=True, exist_ok=True)
+                beat.write_text(f"{n}\n")
+            if stop.wait(min(30.0, timeout_s / 4)):
+                return
+
+    thread = threading.Thread(target=run, name=f"selfspec-heartbeat-{rank}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_plan(
@@ -203,12 +255,13 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
     )
 
 
-def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
+def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any], timeout_s: float) -> None:
     """Join the shards into train/eval, write the metadata, then the COMPLETE marker last."""
     parts, stats, writers = [], Counter(), Counter()
     for i in _shard_ids(plan):
         shard = work / "shards" / f"{i:05d}"
-        _wait_for(shard, f"shard {i} from rank {i % _rank_world()[1]}")
+        peer = i % _rank_world()[1]
+        _wait_for(shard, f"shard {i} from rank {peer}", work, peer, timeout_s)
         parts.append(datasets.load_from_disk(str(shard)))
         shard_stats = json.loads((shard / "stats.json").read_text())
         writers[str(shard_stats.pop("rank", 0))] += 1
@@ -264,8 +317,8 @@ def build_dataset(
     if (work / COMPLETE).exists():
         logger.info("reusing the dataset in %s", work)
         return work / "dataset"
-    rank, _ = _rank_world()
-    with _builder_lock(work, rank):
+    rank, world = _rank_world()
+    with _heartbeat(work, rank, world, float(cfg.data.wait_timeout_s)), _builder_lock(work, rank):
         if (work / COMPLETE).exists():  # another job built it while this one waited
             logger.info("reusing the dataset in %s, built by another job", work)
             shutil.rmtree(work / "shards", ignore_errors=True)  # shards a late writer of that job added
@@ -315,12 +368,13 @@ def _build(
         max_turns=int(d.max_assistant_turns),
     )
     rank, _ = _rank_world()
+    timeout_s = float(d.wait_timeout_s)
     plan_file = work / "prompts.json"
     if not plan_file.exists():
         if rank == 0:
             atomic_write_json(plan_file, make_plan(cfg, rollout, target, tokenizer))
         else:
-            _wait_for(plan_file, "the prompt plan from rank 0")
+            _wait_for(plan_file, "the prompt plan from rank 0", work, 0, timeout_s)
     plan = json.loads(plan_file.read_text())
     logger.info(
         "dataset %s: %d conversations, %d shards",
@@ -330,9 +384,9 @@ def _build(
     )
     _write_shards(work, plan, rollout, int(cfg.seed))
     if rank == 0:
-        _assemble(work, plan, meta)
+        _assemble(work, plan, meta, timeout_s)
     else:
-        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset")
+        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset", work, 0, timeout_s)
 
 
 def load_splits(path: str | Path) -> datasets.DatasetDict:

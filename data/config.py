@@ -42,6 +42,9 @@ class DataConf:
     eval_fraction: float = 0.1
     shard_size: int = 64  # conversations per atomically committed shard (the unit of resumption)
     cache_dir: str | None = None  # default: $SELFSPEC_HOME/datasets
+    # Ranks wait for each other's commits in cache_dir; after this long without a sign of life from the rank
+    # they wait for, they stop with an error (cache_dir not shared between nodes) instead of hanging.
+    wait_timeout_s: float = 600.0
     magpie: MagpieConf = field(default_factory=MagpieConf)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
 from selfspec.data import build_dataset, load_splits
+from selfspec.data.builder import _wait_for
 from selfspec.utils import SelfspecError
 from tests.data.conftest import compose, write_jsonl
 
@@ -149,3 +152,45 @@ def test_self_prompts_impossible_is_an_error(tiny_target, tmp_path):
             "data.magpie.max_tokens=4",
             "data.magpie.relax_on_shortfall=false",
         )
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ranks_without_a_shared_cache_fail_within_the_timeout(
+    rank, tiny_target, tmp_path, monkeypatch, chat_file
+):
+    """One rank of two alone with its cache (a node-local default): rank 1 never sees rank 0's plan, rank 0
+    never sees rank 1's shards. Either way one clear line after data.wait_timeout_s, not a hang."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    start = time.monotonic()
+    with pytest.raises(SelfspecError, match="set data.cache_dir to a folder every rank") as err:
+        _build(
+            tiny_target,
+            tmp_path,
+            "data.source=jsonl",
+            f"data.path={chat_file}",
+            "data.num_prompts=2",
+            "data.shard_size=1",
+            "data.wait_timeout_s=2",
+        )
+    assert f"without any sign of rank {1 - rank}" in str(err.value) and "\n" not in str(err.value)
+    assert time.monotonic() - start < 60
+
+
+def test_a_slow_peer_is_waited_for_as_long_as_it_beats(tmp_path):
+    """A peer that keeps its heartbeat going is waited for past the timeout."""
+    work, done = tmp_path / "work", tmp_path / "work" / "COMPLETE"
+    (work / ".alive").mkdir(parents=True)
+
+    def peer() -> None:
+        for n in range(12):
+            (work / ".alive" / "0").write_text(str(n))
+            time.sleep(0.25)
+        done.write_text("ok")
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    start = time.monotonic()
+    _wait_for(done, "the peer", work, 0, timeout_s=1.0)
+    thread.join()
+    assert time.monotonic() - start > 2.0  # well past the timeout, without an error

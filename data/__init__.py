@@ -5,7 +5,8 @@ files or a hub dataset) into conversations answered by the target, and ``load_sp
 
 On-disk layout, one folder per dataset under ``data.cache_dir`` (default ``$SELFSPEC_HOME/datasets``), named
 ``<target>-<source>-<hash>`` where the hash covers everything that determines the content (target name,
-weights and tokenizer fingerprints, the ``data`` config except throughput knobs, the source file's hash, seed)::
+weights and tokenizer fingerprints, the ``data`` config except where it lives, how long ranks wait, and the
+batching knobs when nothing is sampled, the source file's hash, seed)::
 
     prompts.json    the plan: conversations to answer, eval prompt indices, shard size (written once, atomically)
     shards/NNNNN/   committed atomically as they are generated; rank r writes shards i with i % world == r

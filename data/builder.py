@@ -41,7 +41,7 @@ FEATURES = datasets.Features(
     }
 )
 COMPLETE = "COMPLETE"
-_NOT_IN_KEY = ("batch_size", "shard_size", "cache_dir", "wait_timeout_s")  # throughput, location, patience
+_NOT_IN_KEY = ("cache_dir", "wait_timeout_s")  # location and patience, not content
 
 
 def _rank_world() -> tuple[int, int]:
@@ -61,7 +61,7 @@ def dataset_meta(
 ) -> dict[str, Any]:
     """Everything that determines the dataset; its hash names the folder."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    for k in _NOT_IN_KEY:
+    for k in (*_NOT_IN_KEY, *_throughput_only(data)):
         data.pop(k, None)
     if data["source"] != "self":
         data.pop("magpie")
@@ -78,6 +78,18 @@ def dataset_meta(
         "data": data,
         "seed": int(cfg.seed),
     }
+
+
+def _throughput_only(data: dict[str, Any]) -> list[str]:
+    """The batching knobs that do not change this dataset's content, so are left out of its key.
+
+    They change it only through sampling: Magpie (``source=self``) draws its prompts ``batch_size`` at a time
+    from one seeded stream, and responses at ``temperature > 0`` come from one seeded stream per shard, batch
+    by batch. Greedy answers to given prompts do not depend on them (float rounding in near ties aside).
+    """
+    if float(data["temperature"]) > 0:
+        return []
+    return ["shard_size"] if data["source"] == "self" else ["batch_size", "shard_size"]
 
 
 def dataset_dir(cfg: DictConfig, meta: dict[str, Any]) -> Path:

@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
+import torch
 
 from selfspec.data import build_dataset, load_splits
-from selfspec.data.builder import _wait_for
+from selfspec.data.builder import _wait_for, dataset_dir, dataset_meta
 from selfspec.utils import SelfspecError
 from tests.data.conftest import compose, write_jsonl
 
@@ -194,3 +195,29 @@ def test_a_slow_peer_is_waited_for_as_long_as_it_beats(tmp_path):
     _wait_for(done, "the peer", work, 0, timeout_s=1.0)
     thread.join()
     assert time.monotonic() - start > 2.0  # well past the timeout, without an error
+
+
+def test_batching_knobs_are_in_the_key_when_something_is_sampled(tiny_target, tmp_path, chat_file):
+    def key(*overrides: str):
+        cfg = compose(["target=tiny_random", f"data.cache_dir={tmp_path}", *overrides])
+        return dataset_dir(cfg, dataset_meta(cfg, *tiny_target))
+
+    greedy = ("data.source=jsonl", f"data.path={chat_file}")
+    assert key(*greedy, "data.batch_size=2", "data.shard_size=2") == key(*greedy, "data.batch_size=4")
+    hot = (*greedy, "data.temperature=0.7")
+    assert key(*hot, "data.batch_size=2") != key(*hot, "data.batch_size=4")
+    assert key(*hot, "data.shard_size=2") != key(*hot, "data.shard_size=4")
+    assert key("data.batch_size=2") != key("data.batch_size=4")  # source=self: Magpie samples the prompts
+    assert key("data.shard_size=2") == key("data.shard_size=4") == key("data.wait_timeout_s=5")
+
+
+def test_magpie_prompts_depend_on_the_batch_size(tiny_target):
+    """Why batch_size is in the key of a source=self dataset: one seeded stream, drawn batch by batch."""
+    from selfspec.data.config import MagpieConf
+    from selfspec.data.magpie import self_prompts
+
+    def prompts(batch_size: int) -> list[str]:
+        torch.manual_seed(0)
+        return self_prompts(*tiny_target, 4, MagpieConf(max_tokens=8, max_attempts_factor=1), batch_size)[0]
+
+    assert prompts(1) != prompts(4)

@@ -200,6 +200,7 @@ def make_plan(
     n_eval = round(d.eval_fraction * n)
     if d.eval_fraction > 0 and n >= 2:
         n_eval = min(max(1, n_eval), n - 1)
+    n_eval = min(n_eval, n - 1)  # train keeps one conversation at least (one prompt: no eval split)
     eval_idx = sorted(random.Random(int(cfg.seed)).sample(range(n), n_eval))
     return {
         "conversations": convs,

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from selfspec.utils import SelfspecError
+
 
 def collate(rows: list[dict[str, Any]], max_len: int, pad_id: int) -> dict[str, torch.Tensor]:
     """Rows of {input_ids, loss_mask} -> (B, T) tensors, truncated to ``max_len`` and right-padded.
@@ -45,6 +47,10 @@ class Batches:
         seed: int,
         shuffle: bool = True,
     ) -> None:
+        if len(split) == 0:
+            raise SelfspecError(
+                "the dataset's train split is empty: raise data.num_prompts or lower data.eval_fraction"
+            )
         self.split = split
         self.mbs = micro_batch_size
         self.max_len = max_len

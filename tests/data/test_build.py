@@ -221,3 +221,10 @@ def test_magpie_prompts_depend_on_the_batch_size(tiny_target):
         return self_prompts(*tiny_target, 4, MagpieConf(max_tokens=8, max_attempts_factor=1), batch_size)[0]
 
     assert prompts(1) != prompts(4)
+
+
+def test_one_prompt_with_a_large_eval_fraction_stays_in_train(tiny_target, tmp_path):
+    path = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "just this one"}])
+    out = _build(tiny_target, tmp_path, "data.source=jsonl", f"data.path={path}", "data.eval_fraction=0.6")
+    splits = load_splits(out)
+    assert len(splits["train"]) == 1 and len(splits["eval"]) == 0

@@ -72,7 +72,7 @@ class DeepSpeedConf:
 @dataclass
 class LoggerConf:
     type: str = "none"  # none | wandb
-    project: str = "selfspec"
+    project: str | None = None  # default: $WANDB_PROJECT, else "selfspec"
     run_name: str | None = None  # default: the output folder's name
     init_timeout: float = 30.0  # seconds; wandb must never hang the job
 

@@ -137,6 +137,12 @@ def test_device_and_dtype_resolution():
 
 @pytest.mark.timeout(330)
 def test_wheel_installs_only_the_selfspec_namespace(tmp_path):
+    """Built from a copy of the checkout: pip builds in-tree, and must leave no build/ or egg-info in the repo."""
+    import shutil
+
+    src, before = tmp_path / "src", sorted(os.listdir(REPO))
+    skip = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "outputs")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*skip))
     proc = subprocess.run(
         [
             sys.executable,
@@ -148,13 +154,14 @@ def test_wheel_installs_only_the_selfspec_namespace(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(REPO),
+            str(src),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(REPO)) == before
     (wheel,) = tmp_path.glob("selfspec-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from selfspec.faults import maybe_die
 from selfspec.heads.base import Drafter
 from selfspec.heads.draft_model import DraftModel
 from selfspec.heads.registry import CONFIGS, config_from_dict, drafter_class
@@ -91,12 +92,14 @@ def save_drafter(
                 drafter.load_state_dict(state_dict)
             model = drafter.export_model()
             model.save_pretrained(tmp)
+            maybe_die("export_between_files")
             cfg = json.loads((tmp / CONFIG).read_text())
             cfg["selfspec"] = meta
             (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         else:
             state = state_dict if state_dict is not None else drafter.state_dict()
             save_file(_unshared(state), str(tmp / WEIGHTS), metadata={"format": "pt"})
+            maybe_die("export_between_files")
             (tmp / CONFIG).write_text(json.dumps({"selfspec": meta}, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)

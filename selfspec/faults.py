@@ -12,8 +12,11 @@ Points (where each sits and what it leaves behind):
   the earlier shards committed, this one a half-written temporary folder.
 - ``data_assemble``: after the joined ``dataset/`` folder is committed, before ``meta.json`` and ``COMPLETE``.
 
+- ``train_step``: after an optimizer step, before it is logged or checkpointed (``train/loop.py``).
 - ``ckpt_between_files``: inside a checkpoint save, after every rank's DeepSpeed files and before selfspec's
   ``selfspec.json`` marker (``train/checkpoints.py``): a ``step_*`` folder that must not be resumed from.
+- ``export_between_files``: inside the drafter export, after the weights and before ``config.json``
+  (``heads/folder.py``): a temporary folder beside ``output_dir/drafter``.
 - ``atomic_dir_swap``: between the two renames that replace an existing folder (``selfspec/utils.py``): no
   ``dest``, its previous version under ``.<name>.old-<unique>``.
 """

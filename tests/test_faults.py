@@ -16,10 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from selfspec import faults
 from selfspec.data import build_dataset, load_splits
+from selfspec.train import checkpoints
 from tests.data.conftest import compose as compose_generate
+from tests.train.conftest import TINY, run_cli
+from tests.train.conftest import compose as compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATE = str(REPO / "data" / "generate.py")
@@ -34,6 +39,16 @@ DATA = [
     "data.batch_size=2",
     "data.shard_size=2",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The in-process jobs run on one thread, like the subprocesses (OMP_NUM_THREADS=1): on a 2-core box a
+    second thread only fights the other job for the cores, and both sides then compute alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_maybe_die_acts_at_the_nth_hit_of_its_point_only(monkeypatch):
@@ -153,3 +168,114 @@ def test_a_second_job_waits_for_the_first_and_never_rebuilds(
         "meta.json",
         "prompts.json",
     ]
+
+
+# A kill point of the data job, and what the killed run must have left: (fault, committed shards, dataset/).
+DATA_FAULTS = [
+    pytest.param("data_shard:3", 2, False, id="inside-the-3rd-shard"),
+    pytest.param("data_assemble", 4, True, id="after-dataset-before-COMPLETE"),
+]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("fault", "shards", "assembled"), DATA_FAULTS)
+def test_data_job_killed_then_rerun_writes_the_same_rows(
+    fault, shards, assembled, tmp_path, tiny_target, reference_rows
+):
+    cache = tmp_path / "cache"
+    with _generate(tmp_path, cache, fault) as proc:
+        proc.wait(timeout=240)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "generate.log").read_text()[-3000:]
+    (work,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    committed = [p for p in (work / "shards").iterdir() if not p.name.startswith(".")]
+    assert len(committed) == shards and not (work / "COMPLETE").exists()
+    assert (work / "dataset").is_dir() == assembled
+    path = build_dataset(_data_cfg(cache), *tiny_target)  # the rerun
+    assert _rows(path) == reference_rows
+    assert not (work / "shards").exists() and not [p for p in work.iterdir() if ".tmp-" in p.name]
+
+
+# -- training -------------------------------------------------------------------------------------------------
+
+TRAIN = [
+    "+experiment=medusa",
+    *TINY,
+    "train.max_steps=5",
+    "train.save_every=2",
+    "train.warmup_steps=2",
+    "train.eval_every=0",
+]
+
+
+def _train_cfg(cache: Path, out: Path, extra: list[str]):
+    return compose_train([*TRAIN, *extra, f"data.cache_dir={cache}", f"output_dir={out}"])
+
+
+def _logged(out: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def train_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train-data")
+
+
+@pytest.fixture(scope="module")
+def reference_run(train_cache, tmp_path_factory) -> dict:
+    """An uninterrupted training run (it also writes the dataset the killed runs reuse)."""
+    from selfspec.train.parallel import destroy_distributed
+    from selfspec.train.run import train_job
+
+    out = tmp_path_factory.mktemp("reference-train")
+    try:
+        result = train_job(_train_cfg(train_cache, out, []))
+    finally:
+        destroy_distributed()
+    return {"log": _logged(out), "weights": load_file(str(result.folder / "model.safetensors"))}
+
+
+# A kill point of the training job (SELFSPEC_FAULT), what the killed run leaves in output_dir (a glob), the
+# checkpoint the rerun must resume from (None: from scratch), and overrides. A new kill point (e.g. one in the
+# offline feature cache) is one more row.
+TRAIN_FAULTS = [
+    pytest.param("train_step:4", "train_log.jsonl", "step_0000002", [], id="after-the-4th-optimizer-step"),
+    pytest.param(
+        "ckpt_between_files:2",
+        "checkpoints/step_0000004/mp_rank_00_model_states.pt",
+        "step_0000002",
+        [],
+        id="inside-the-2nd-checkpoint-save",
+    ),
+    pytest.param("export_between_files", ".drafter.tmp-*", "step_0000005", [], id="inside-the-export"),
+]
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(("fault", "left", "resume_from", "extra"), TRAIN_FAULTS)
+def test_training_killed_then_rerun_ends_like_the_uninterrupted_run(
+    fault, left, resume_from, extra, tmp_path, train_cache, reference_run
+):
+    from selfspec.train.run import train_job
+
+    out = tmp_path / "run"
+    args = [*TRAIN, *extra, f"data.cache_dir={train_cache}", f"output_dir={out}"]
+    proc = run_cli(args, extra_env={faults.ENV: fault}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert list(out.glob(left)), f"the kill did not happen where expected: no {left}"
+    assert checkpoints.latest_tag(out / "checkpoints") == resume_from
+    assert not (out / "drafter").exists()
+    result = train_job(_train_cfg(train_cache, out, extra))  # the rerun
+    start = int(resume_from[5:]) if resume_from else 0
+    assert [r["step"] for r in result.history] == list(range(start + 1, 6))
+    logged, reference = _logged(out), reference_run["log"]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]  # every step once, the killed run's extra rows gone
+    for got, want in zip(logged, reference, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-5)
+    weights = load_file(str(out / "drafter" / "model.safetensors"))
+    assert weights.keys() == reference_run["weights"].keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, reference_run["weights"][name], rtol=1e-4, atol=1e-5)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert all(checkpoints.is_complete(p) for p in (out / "checkpoints").glob("step_*"))

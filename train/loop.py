@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from selfspec.faults import maybe_die
 from selfspec.heads import target_forward
 from selfspec.train import checkpoints
 from selfspec.train.batches import Batches
@@ -267,6 +268,7 @@ class Trainer:
                 seen += int(batch["num_tokens"])
                 window.add(out)
             self.state.step += 1
+            maybe_die("train_step")
             self._record({"step": self.state.step, "loss": float(out.loss.detach())})
             bar.update(1)
             if self.state.step % max(1, int(self.t.log_every)) == 0 or self.state.step == max_steps:

@@ -12,6 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+INTEGRATION_TIMEOUT_S = 1800
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the embedded target generate and train with a 135M model: 600 s (the default limit, set in
+    pyproject) is ample on an idle 2-core box but not on a shared one, so they get a longer default limit."""
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(INTEGRATION_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def tiny_target():
     """``(model, tokenizer)`` of the 4-layer random Llama with a byte-level tokenizer, fp32 on CPU."""

@@ -137,10 +137,8 @@ def save(
     _check_weights_finite(engine, state.step)
     tag = f"step_{state.step:07d}"
     path = ckpt_dir / tag
-    if is_rank_zero():
-        (path / META).unlink(
-            missing_ok=True
-        )  # a tag saved again (after an earlier resume) is incomplete until the end
+    if is_rank_zero():  # a tag saved again (after an earlier resume) is incomplete until the end
+        (path / META).unlink(missing_ok=True)
     client = {"train_state": asdict(state), "rng": _rng_state(), "drafter_type": drafter_type}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
     fsync_tree(path)
@@ -149,9 +147,8 @@ def save(
     if is_rank_zero():
         atomic_write_text(path / "config.yaml", resolved_yaml)
         atomic_write_json(path / META, {"drafter_type": drafter_type, "head": head, "step": state.step})
-        atomic_write_text(
-            ckpt_dir / "latest", tag
-        )  # for DeepSpeed's tools (zero_to_fp32.py); never read here
+        # For DeepSpeed's own tools (zero_to_fp32.py); never read here.
+        atomic_write_text(ckpt_dir / "latest", tag)
         _prune(ckpt_dir, keep_last, keep=tag)
     barrier()
     logger.info("checkpoint %s saved", path)

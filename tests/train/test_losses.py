@@ -141,13 +141,10 @@ def test_eagle_alignment_reference():
     assert fed_ids.tolist() == [[3, 2, 1]] and fed_pos.tolist() == [[0, 1, 2]]  # x1..x3 at positions 0..2
     assert fed_feats[0, :, 0].tolist() == [0.0, 1.0, 4.0]  # feature_0..feature_2
     ce, count, agree = _expected(pairs, table, tgt[0])
-    assert float(got.per_head[0]) == pytest.approx(ce, rel=1e-5) and (
-        int(got.count[0]),
-        int(got.correct[0]),
-    ) == (1, 1)
-    assert float(got.extra["feature_loss"]) == pytest.approx(
-        20.0 - 4.0 - 0.5
-    )  # smooth L1 of row 1 to feature_2
+    assert float(got.per_head[0]) == pytest.approx(ce, rel=1e-5)
+    assert (int(got.count[0]), int(got.correct[0])) == (count, agree) == (1, 1)
+    # smooth L1 of row 1's hidden state (20) to feature_2 (4)
+    assert float(got.extra["feature_loss"]) == pytest.approx(20.0 - 4.0 - 0.5)
     assert float(got.loss) == pytest.approx(lc.ce_weight * ce + lc.feature_weight * 15.5, rel=1e-5)
 
 
@@ -188,9 +185,8 @@ def test_eagle3_training_time_test_alignment_reference():
     (h0, ids0, pos0), (h1, ids1, pos1) = stub.fed
     assert ids0.tolist() == [[3, 2, 1]] and pos0.tolist() == [[0, 1, 2]]  # x1..x3 at 0..2
     assert ids1.tolist()[0][:2] == [2, 1] and pos1.tolist() == [[1, 2, 3]]  # x2, x3 (then padding) at 1..3
-    assert h0[0, :, 0].tolist() == [0.0, 1.0, 2.0] and torch.equal(
-        h1, h0 + 100.0
-    )  # step 1 reads step 0's output
+    assert h0[0, :, 0].tolist() == [0.0, 1.0, 2.0]  # step 0 reads the fused features of rows 0..2
+    assert torch.equal(h1, h0 + 100.0)  # step 1 reads step 0's output
     restricted = tgt[0][:, [1, 2, 3]]  # the target's distribution renormalised over the draft vocabulary
     for j in (0, 1):
         ce, count, _ = _expected(pairs[j], tables[j], restricted)

@@ -334,7 +334,6 @@ def build_dataset(
     with _heartbeat(work, rank, world, float(cfg.data.wait_timeout_s)), _builder_lock(work, rank):
         if (work / COMPLETE).exists():  # another job built it while this one waited
             logger.info("reusing the dataset in %s, built by another job", work)
-            shutil.rmtree(work / "shards", ignore_errors=True)  # shards a late writer of that job added
             return work / "dataset"
         _build(cfg, work, meta, target, tokenizer)
     return work / "dataset"

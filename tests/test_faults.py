@@ -1,6 +1,6 @@
 """Fault injection: real SIGKILLs (and SIGSTOPs) at ``SELFSPEC_FAULT`` points (``selfspec.faults``), then a
 rerun that must end exactly where an uninterrupted run ends. ``pytest -m faults`` runs them; they are part of
-the default run too (about 3 minutes on 2 cores, most of it subprocess start-up)."""
+the default run too (about a minute on 2 cores, most of it subprocess start-up)."""
 
 from __future__ import annotations
 
@@ -236,19 +236,21 @@ def reference_run(train_cache, tmp_path_factory) -> dict:
     return {"log": _logged(out), "weights": load_file(str(result.folder / "model.safetensors"))}
 
 
-# A kill point of the training job (SELFSPEC_FAULT), what the killed run leaves in output_dir (a glob), the
-# checkpoint the rerun must resume from (None: from scratch), and overrides. A new kill point (e.g. one in the
-# offline feature cache) is one more row.
+# A kill point of the training job (SELFSPEC_FAULT), what the killed run leaves ("out:<glob>" in output_dir,
+# "cache:<glob>" in the data cache), the checkpoint the rerun must resume from (None: from scratch), and
+# overrides. A new kill point (e.g. one in the offline feature cache) is one more row.
 TRAIN_FAULTS = [
-    pytest.param("train_step:4", "train_log.jsonl", "step_0000002", [], id="after-the-4th-optimizer-step"),
+    pytest.param(
+        "train_step:4", "out:train_log.jsonl", "step_0000002", [], id="after-the-4th-optimizer-step"
+    ),
     pytest.param(
         "ckpt_between_files:2",
-        "checkpoints/step_0000004/mp_rank_00_model_states.pt",
+        "out:checkpoints/step_0000004/mp_rank_00_model_states.pt",
         "step_0000002",
         [],
         id="inside-the-2nd-checkpoint-save",
     ),
-    pytest.param("export_between_files", ".drafter.tmp-*", "step_0000005", [], id="inside-the-export"),
+    pytest.param("export_between_files", "out:.drafter.tmp-*", "step_0000005", [], id="inside-the-export"),
 ]
 
 
@@ -263,7 +265,10 @@ def test_training_killed_then_rerun_ends_like_the_uninterrupted_run(
     args = [*TRAIN, *extra, f"data.cache_dir={train_cache}", f"output_dir={out}"]
     proc = run_cli(args, extra_env={faults.ENV: fault}, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert list(out.glob(left)), f"the kill did not happen where expected: no {left}"
+    where, _, pattern = left.partition(":")
+    assert list({"out": out, "cache": train_cache}[where].glob(pattern)), (
+        f"the kill missed its point: no {left}"
+    )
     assert checkpoints.latest_tag(out / "checkpoints") == resume_from
     assert not (out / "drafter").exists()
     result = train_job(_train_cfg(train_cache, out, extra))  # the rerun

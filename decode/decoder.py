@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from selfspec.decode.kv import KVState
-from selfspec.decode.propose import CachedProposer, MedusaProposer
+from selfspec.decode.plan import TreeChoice
+from selfspec.decode.propose import CachedProposer, MedusaProposer, NullProposer
 from selfspec.decode.tree import COMPACT_CHOICES, DraftTree, ancestor_mask
 from selfspec.decode.verify import Acceptance, greedy_accept, sample_accept, warp_probs
 from selfspec.heads.features import target_forward
@@ -75,6 +76,7 @@ class SpeculativeDecoder:
                 "tree, medusa_choices"
             )
         self.options = options
+        self._choice: TreeChoice | None = None
         gen_cfg = getattr(target, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
@@ -99,21 +101,48 @@ class SpeculativeDecoder:
         drafter = load_drafter(drafter_path, target, tokenizer=tokenizer)
         return cls(target, drafter, tokenizer=tokenizer, **options)
 
+    # -- the tree ------------------------------------------------------------------------------------------
+
+    def tree_choice(self) -> TreeChoice:
+        """The tree this decoder drafts: the user's (``depth/topk/total_tokens/medusa_choices``, ``tree=``)
+        or, by default (``tree="auto"``), the one the measured costs and the drafter's acceptance statistics
+        say is fastest here (``decode/plan.py``); measured once per machine and cached."""
+        if self._choice is None:
+            from selfspec.decode.measure import choose_tree
+
+            self._choice = choose_tree(self)
+        return self._choice
+
     def _proposer(self):
+        choice = self.tree_choice()
+        if choice.depth == 0:
+            return NullProposer()
+        if self.kind == "medusa":
+            return MedusaProposer(self.drafter, choice.paths)
+        drafter = self.drafter if hasattr(self.drafter, "drafter_type") else _PlainDraft(self.drafter)
+        return CachedProposer(drafter, self.kind, choice.depth, choice.topk, choice.total_tokens)
+
+    def fixed_choice(self, default: bool = False) -> TreeChoice | None:
+        """The tree the options force, or None when the cost model decides (``tree`` unset or ``"auto"``);
+        ``default``: the family's default tree where the options force nothing."""
         o = self.options
-        depth, topk, total = DEFAULTS[self.kind]
+        explicit = any(o.get(k) is not None for k in ("depth", "topk", "total_tokens", "medusa_choices"))
+        if not explicit and o.get("tree") in (None, "auto") and not default:
+            return None
         if self.kind == "medusa":
             choices = o.get("medusa_choices") or COMPACT_CHOICES
             if o.get("tree") is False:
                 choices = [(0,) * d for d in range(1, self.drafter.config.num_heads + 1)]
-            return MedusaProposer(self.drafter, choices)
+            choices = [tuple(c) for c in choices if len(c) <= self.drafter.config.num_heads]
+            depth = max(len(c) for c in choices)
+            return TreeChoice(depth, 0, len(choices) + 1, choices, source="fixed")
+        depth, topk, total = DEFAULTS[self.kind]
         topk = 1 if o.get("tree") is False else o.get("topk") or topk
         if o.get("tree") is True and topk == 1:
             topk = 4
         depth = o.get("depth") or depth
-        total = o.get("total_tokens") or max(total, depth + 1)
-        drafter = self.drafter if hasattr(self.drafter, "drafter_type") else _PlainDraft(self.drafter)
-        return CachedProposer(drafter, self.kind, depth, topk, total)
+        total = depth + 1 if topk == 1 else o.get("total_tokens") or max(total, depth + 1)
+        return TreeChoice(depth, topk, total, source="fixed")
 
     @torch.no_grad()
     def generate(
@@ -154,7 +183,7 @@ class _Run:
     """State of one ``generate`` call: target cache, proposer, output buffer, per-row progress."""
 
     def __init__(self, dec, input_ids, attention_mask=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None) -> None:  # fmt: skip
+                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None, proposer=None) -> None:  # fmt: skip
         self.dec = dec
         eos_ids = dec.eos_ids if eos_token_id is None else _as_list(eos_token_id)
         self.pad_id = dec.pad_id if pad_token_id is None else pad_token_id
@@ -170,7 +199,7 @@ class _Run:
         if seed is not None:
             self.gen = torch.Generator(device=dev)
             self.gen.manual_seed(seed)
-        self.proposer = dec._proposer()
+        self.proposer = proposer or dec._proposer()
         self.layers = self.proposer.feature_layers()
         self.out = torch.full((b, p + max_new_tokens + 128), self.pad_id, dtype=torch.long, device=dev)
         self.out[:, :p] = self.ids
@@ -207,13 +236,16 @@ class _Run:
         pos = (self.mask.long().cumsum(-1) - 1).clamp(min=0)  # as HF does for left padding
         causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
         new = (causal & self.mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)  # pads see self
-        self.kv = KVState.empty(b, dev)
-        out = target_forward(self.dec.target, self.ids, self.kv.mask(new), pos, self.kv.cache, self.layers)
+        target = self.dec.target
+        capacity = p + self.max_new + self.proposer.tree_size + 2  # committed tokens + one pending tree
+        self.kv = KVState.empty(b, dev, target.config.get_text_config().num_hidden_layers, capacity)
+        out = target_forward(
+            target, self.ids, self.kv.mask(new), pos, self.kv.cache, self.layers, logits_to_keep=1
+        )
         self.kv.start(self.mask)
         self.stats.target_forwards += 1
-        last = out.logits[:, -1]  # (B, V)
-        first = self._pick(last)
-        self.proposer.start(self.ids, self.mask, pos, out.hidden, first)
+        first = self._pick(out.logits[:, -1])  # (B,)
+        self.proposer.start(self.ids, self.mask, pos, out.hidden, first, max_len=capacity)
         self.root, self.root_pos = first, pos[:, -1] + 1
         return first
 

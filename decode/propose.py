@@ -38,6 +38,25 @@ class Segment:
     features: torch.Tensor | None = None  # (B, A, F) target features at t (EAGLE) or None
 
 
+class NullProposer:
+    """No speculation: the tree is the root alone, so each step is one plain target forward (the cost model
+    picks this when no tree pays on this hardware)."""
+
+    topk, depth, tree_size = 1, 0, 1
+
+    def feature_layers(self) -> list[int]:
+        return []
+
+    def start(self, ids, valid, positions, feats, first, max_len: int = 0) -> None:
+        pass
+
+    def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
+        return DraftTree(root[:, None], torch.full_like(root[:, None], -1), 0)
+
+    def update(self, acc: Acceptance, tree: DraftTree, feats, root_pos) -> None:
+        pass
+
+
 class MedusaProposer:
     """Static tree: node for path (i1..id) carries the i_d-th best token of head d-1 at the last position."""
 
@@ -48,11 +67,12 @@ class MedusaProposer:
         self.parents, self.depths, self.picks, self.depth = static_tree(choices)
         self.topk = int(self.picks.max()) + 1
         self.last_hidden: torch.Tensor | None = None  # (B, H) target final state at the last committed node
+        self.tree_size = len(self.parents)
 
     def feature_layers(self) -> list[int]:
         return self.medusa.feature_layers()
 
-    def start(self, ids, valid, positions, feats, first) -> None:
+    def start(self, ids, valid, positions, feats, first, max_len: int = 0) -> None:
         self.last_hidden = feats[0][:, -1]
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
@@ -78,6 +98,7 @@ class CachedProposer:
         self.drafter, self.kind = drafter, kind
         self.depth, self.topk = depth, topk
         self.total = total_tokens if topk > 1 else depth + 1
+        self.tree_size = self.total
         self.kv: KVState | None = None
         self.seg: Segment | None = None
         self.offset = 1 if kind == "draft_model" else 0  # a draft model's entry sits at its token's position
@@ -108,9 +129,12 @@ class CachedProposer:
 
     # -- the three calls ---------------------------------------------------------------------------------
 
-    def start(self, ids, valid, positions, feats, first) -> None:
+    def start(self, ids, valid, positions, feats, first, max_len: int = 4096) -> None:
+        """``max_len``: the target's cache capacity; the drafter's holds as many committed entries plus the
+        pending ones of one step (a segment, then the fed tree levels)."""
         b = ids.shape[0]
-        self.kv = KVState.empty(b, ids.device)
+        layers = _num_layers(self.drafter) if self.kind == "draft_model" else 1
+        self.kv = KVState.empty(b, ids.device, layers, max_len + self.depth * (self.topk + 1) + 2)
         ones = torch.ones(b, 1, dtype=torch.bool, device=ids.device)
         if self.kind == "draft_model":  # the whole prompt plus the first token, at their own positions
             toks = torch.cat([ids, first[:, None]], 1)
@@ -177,7 +201,7 @@ class CachedProposer:
             )
             rows = torch.cat([up, eye], -1)  # (B, k, F+k): ancestors (self included) among fed entries
             anc = torch.cat([torch.nn.functional.pad(anc, (0, k)), rows], 1)  # (B, F+k, F+k)
-            mask = torch.cat([self.kv.valid[:, None].expand(b, k, -1), rows], -1)[:, None]
+            mask = self.kv.mask(rows)  # the fed tree entries are the pending ones, in order
             toks = self._to_target(torch.cat(cand_tok, 1).gather(1, front))  # (B, k)
             pos = (root_pos + d - 2 + self.offset)[:, None].expand(b, k)  # fed nodes sit at depth d-1
             lg, out = self._forward(toks, front_h, pos, mask)  # (B, k, V'), (B, k, H)
@@ -215,6 +239,12 @@ class CachedProposer:
         v = self.drafter.t2d.numel()
         ids = self._to_target(torch.arange(q.shape[-1], device=q.device))
         return torch.zeros(*q.shape[:-1], v, dtype=q.dtype, device=q.device).index_copy_(-1, ids, q)
+
+
+def _num_layers(model: torch.nn.Module) -> int:
+    """Decoder layers of a draft model (a selfspec DraftModel or a plain transformers causal LM)."""
+    inner = getattr(model, "model", model)
+    return int(inner.config.get_text_config().num_hidden_layers)
 
 
 def _children(probs, parent_score, k, sample, gen):

@@ -212,7 +212,7 @@ def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
         p = Path(p)
         if not p.is_file():
             raise SelfspecError(
-                f"bench report {str(p)!r} does not exist: run decode/bench.py or train/run.py first"
+                f"bench report {str(p)!r} does not exist: run decode/bench/run.py or train/run.py first"
             )
         reports.append(json.loads(p.read_text()))
     if not reports:

@@ -4,7 +4,7 @@
 always runs first) after a warm-up, and writes ``bench.json``, ``bench.md`` and ``acceptance.png``. The numbers:
 mean accepted tokens = new tokens per target forward (all methods counted the same way, see baselines.py),
 acceptance by position, tokens/s, speed-up over the target alone measured in the same run, and whether every
-output equals the target's greedy output token for token. ``python decode/bench.py`` is its command line;
+output equals the target's greedy output token for token. ``python decode/bench/run.py`` is its command line;
 ``train/run.py`` calls it at its end.
 """
 
@@ -25,13 +25,13 @@ from omegaconf import MISSING
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfspec.config import JobConf, TargetConf, register_core
-from selfspec.decode.baselines import PromptRun, eos_ids_of, measure
-from selfspec.decode.bench_methods import METHODS, build_methods, labelled
-from selfspec.decode.bench_prompts import prompts_from_split
-from selfspec.decode.render import render_markdown, write_outputs
+from selfspec.decode.bench.baselines import PromptRun, eos_ids_of, measure
+from selfspec.decode.bench.methods import METHODS, build_methods, labelled
+from selfspec.decode.bench.prompts import prompts_from_split
+from selfspec.decode.bench.render import render_markdown, write_outputs
 from selfspec.utils import SelfspecError
 
-logger = logging.getLogger("selfspec.decode.report")
+logger = logging.getLogger("selfspec.decode.bench.report")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DecodeOptionsConf:
 
 @dataclass
 class BenchJobConf(JobConf):
-    """``python decode/bench.py drafter=PATH``; ``drafter=[P1,P2]`` compares several drafters in one run."""
+    """``python decode/bench/run.py drafter=PATH``; ``drafter=[P1,P2]`` compares several drafters in one run."""
 
     drafter: Any = MISSING  # a drafter folder, or a list of them
     prompts: str | None = None  # JSONL of {"messages": [...]} or {"prompt": "..."}; default: the eval split

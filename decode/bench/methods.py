@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from selfspec.decode.baselines import hf_generate_fn, selfspec_generate_fn
+from selfspec.decode.bench.baselines import hf_generate_fn, selfspec_generate_fn
 from selfspec.utils import SelfspecError
 
 METHODS = ("target", "prompt_lookup", "assisted", "selfspec")

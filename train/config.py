@@ -38,12 +38,14 @@ class TrainConf:
     """The training loop: budget, optimiser, schedule, evaluation, checkpoints, export."""
 
     max_steps: int = 100  # optimiser steps (each = micro_batch_size * grad_accum * world sequences)
+    epochs: float = 0.0  # > 0: max_steps is sized to this many passes over the train split instead
     micro_batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 512  # longer conversations are truncated (prompt first, so the response tail goes)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 10
+    warmup_ratio: float = 0.0  # > 0: warmup_steps = warmup_ratio * max_steps
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
@@ -57,6 +59,12 @@ class TrainConf:
     report: bool = True  # end with decode/bench's acceptance report on the eval split
     report_prompts: int = 8
     report_max_new_tokens: int = 64
+    features: str = (
+        "auto"  # online | offline | auto (offline when the data is read >= 1.5 times and fits on disk)
+    )
+    compute_dtype: str = (
+        "auto"  # auto | bf16 | fp32: the drafter's forward under bf16 autocast (fp32 weights)
+    )
     loss: LossConf = field(default_factory=LossConf)
 
 

@@ -65,10 +65,15 @@ class SpeculativeDecoder:
     ``tree=False`` (shorthand for ``topk=1``), ``medusa_choices`` (Medusa paths of top-k choice indices).
     """
 
-    def __init__(self, target: nn.Module, drafter: nn.Module, tokenizer: Any = None, **options: Any) -> None:
+    def __init__(
+        self, target: nn.Module, drafter: nn.Module | None, tokenizer: Any = None, **options: Any
+    ) -> None:
         self.target, self.drafter, self.tokenizer = target, drafter, tokenizer
-        self.kind = getattr(drafter, "drafter_type", "") or "draft_model"
-        _check_fit(target, drafter, self.kind)
+        if drafter is None:  # the target alone, through this loop (what a speculative step is compared with)
+            self.kind = "none"
+        else:
+            self.kind = getattr(drafter, "drafter_type", "") or "draft_model"
+            _check_fit(target, drafter, self.kind)
         unknown = set(options) - {"depth", "topk", "total_tokens", "tree", "medusa_choices"}
         if unknown:
             raise SelfspecError(
@@ -110,7 +115,9 @@ class SpeculativeDecoder:
         if self._choice is None:
             from selfspec.decode.measure import choose_tree
 
-            self._choice = choose_tree(self)
+            self._choice = (
+                TreeChoice(0, 1, 1, source="no drafter") if self.drafter is None else choose_tree(self)
+            )
         return self._choice
 
     def _proposer(self):

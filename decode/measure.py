@@ -46,6 +46,8 @@ def acceptance_of(drafter: Any) -> list[list[float]] | None:
 
 def _sizes(drafter: Any, kind: str) -> dict[str, Any]:
     """The drafter's architecture (what its step cost depends on), without its weights."""
+    if drafter is None:
+        return {}
     cfg = getattr(drafter, "config", None)
     if dataclasses.is_dataclass(cfg):
         d = dataclasses.asdict(cfg)
@@ -132,6 +134,8 @@ def _draft_costs(dec: Any, ids: torch.Tensor) -> dict[str, float]:
     """Draft-step milliseconds per (depth, width), or ``"*"`` for Medusa (every head in one call)."""
     from selfspec.decode.decoder import _PlainDraft, _Run
 
+    if dec.drafter is None:
+        return {"*": 0.0}
     if dec.kind == "medusa":
         proposer = MedusaProposer(dec.drafter, [(0,)])
         run = _Run(dec, ids, max_new_tokens=4, eos_token_id=[], proposer=proposer)

@@ -125,7 +125,8 @@ class CachedProposer:
         return feats[0]
 
     def _to_target(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.drafter.draft_to_target(ids) if self.kind == "eagle3" else ids
+        to_target = getattr(self.drafter, "draft_to_target", None)  # EAGLE / EAGLE-3 reduced vocabularies
+        return ids if to_target is None else to_target(ids)
 
     # -- the three calls ---------------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class CachedProposer:
         return DraftTree(tokens, parents, self.depth, q)
 
     def _q_to_target(self, q: torch.Tensor) -> torch.Tensor:
-        if self.kind != "eagle3":
+        if getattr(self.drafter, "t2d", None) is None:
             return q
         v = self.drafter.t2d.numel()
         ids = self._to_target(torch.arange(q.shape[-1], device=q.device))

@@ -108,16 +108,18 @@ def build_drafter(
     else:
         drafter = DRAFTERS[config.type](config)
     drafter.to(device=device, dtype=dtype).bind(target)
-    if isinstance(drafter, Eagle3):
+    if isinstance(drafter, (Eagle, Eagle3)) and drafter.draft_vocab_size < config.vocab_size:
         if token_counts is not None:
             drafter.set_vocab_map(
                 *build_vocab_map(token_counts, drafter.draft_vocab_size, _special_ids(target))
             )
-        elif drafter.draft_vocab_size < config.vocab_size:
+        else:
             logger.warning(
-                "eagle3: no token counts given; the draft vocabulary is the first %d ids",
+                "%s: no token counts given; the draft vocabulary is the first %d ids",
+                drafter.drafter_type,
                 drafter.draft_vocab_size,
             )
+    if isinstance(drafter, Eagle3):
         drafter.init_from_target()
     if isinstance(drafter, Medusa):
         drafter.init_from_target()

@@ -64,7 +64,7 @@ def rank_counts(
     b, seq = ids.shape
     best = tgt_logits.argmax(-1)  # (B, T): the target's token after each position
     to_draft = None
-    if drafter.drafter_type == "eagle3":
+    if getattr(drafter, "t2d", None) is not None:  # a reduced draft vocabulary
         to_draft = torch.full((drafter.t2d.numel(),), -1, dtype=torch.long, device=ids.device)
         to_draft[drafter.draft_to_target(torch.arange(drafter.d2t.numel(), device=ids.device))] = (
             torch.arange(drafter.d2t.numel(), device=ids.device)

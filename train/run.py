@@ -62,7 +62,7 @@ def train_job(cfg: DictConfig) -> TrainResult:
     splits = load_splits(dataset_dir)
     epochs = size_schedule(cfg, len(splits["train"]), world)
     counts = None
-    if cfg.head.type == "eagle3":
+    if cfg.head.get("draft_vocab_size") is not None:  # the families with a reduced draft vocabulary
         vocab = int(target.get_output_embeddings().weight.shape[0])
         counts = token_counts(splits["train"], vocab, int(cfg.train.max_seq_len))
     seed_everything(int(cfg.seed))

@@ -120,6 +120,7 @@ def build_methods(
                 "drafter_type": family,
                 "drafter_path": src,
                 "fn": selfspec_generate_fn(dec),
+                "decoder": dec,
             }
     order = {"target": 0, "prompt_lookup": 1, "assisted": 2, "selfspec": 3}
     return dict(sorted(rows.items(), key=lambda kv: order[kv[1]["method"]])), skipped

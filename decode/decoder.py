@@ -25,6 +25,7 @@ from selfspec.decode.propose import CachedProposer, MedusaProposer, NullProposer
 from selfspec.decode.tree import COMPACT_CHOICES, DraftTree, ancestor_mask
 from selfspec.decode.verify import Acceptance, greedy_accept, sample_accept, warp_probs
 from selfspec.heads.features import target_forward
+from selfspec.sampling import sample
 from selfspec.utils import SelfspecError
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class _Run:
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.sampling:
             return logits.argmax(-1)
-        return torch.multinomial(self.warp(logits), 1, generator=self.gen)[:, 0]
+        return sample(self.warp(logits), self.gen)
 
     def _verify(self, tree: DraftTree) -> tuple[Acceptance, tuple[torch.Tensor, ...]]:
         anc = ancestor_mask(tree.parents, tree.depth)  # (B, N, N)

@@ -24,6 +24,7 @@ import torch
 from selfspec.decode.kv import KVState
 from selfspec.decode.tree import DraftTree, select_best_nodes, static_tree
 from selfspec.decode.verify import Acceptance
+from selfspec.sampling import sample as draw
 
 Warp = Callable[[torch.Tensor], torch.Tensor]  # logits (..., V) -> probs (..., V)
 
@@ -256,7 +257,7 @@ def _children(probs, parent_score, k, sample, gen):
     """
     b, p, v = probs.shape
     if sample:  # chain: draw from the draft, remember the proposal
-        tok = torch.multinomial(probs.reshape(b * p, v), 1, generator=gen).view(b, p)
+        tok = draw(probs, gen)  # (B, P)
         lp = probs.gather(-1, tok[..., None])[..., 0].clamp(min=1e-30).log()
         q = probs
     else:

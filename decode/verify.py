@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from selfspec.decode.tree import DraftTree, children_table
-from selfspec.sampling import warp_probs
+from selfspec.sampling import sample, warp_probs
 
 __all__ = ["Acceptance", "greedy_accept", "sample_accept", "warp_probs"]
 
@@ -108,7 +108,7 @@ def sample_accept(tree: DraftTree, p: torch.Tensor, width: int, gen: torch.Gener
         active = moved
         path[:, d + 1] = torch.where(moved, cur, -1)
         residual = torch.where(moved[:, None], p[rows, cur], residual)
-    bonus = torch.multinomial(residual, 1, generator=gen)[:, 0]
+    bonus = sample(residual, gen)
     return Acceptance(path, (path[:, 1:] >= 0).sum(-1), bonus, *_stack(offered, accepted, b, p))
 
 

@@ -213,6 +213,7 @@ class _Run:
         self.out[:, :p] = self.ids
         self.n_out = torch.zeros(b, dtype=torch.long, device=dev)
         self.done = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.all_done = False  # self.done on the host, read with the step's one transfer
         self.eos = torch.tensor(eos_ids or [-1], device=dev)
         self.stats = DecodeStats()
         self.tok_sum = torch.zeros((), device=dev)
@@ -223,15 +224,17 @@ class _Run:
     def steps(self) -> Iterator[list[list[int]]]:
         if self.max_new <= 0:
             return
-        yield self._emit(self._prefill()[:, None], torch.ones_like(self.n_out))
-        while not bool(self.done.all()):
+        first = self._prefill()
+        new, _ = self._emit(first[:, None], torch.ones_like(self.n_out), torch.zeros_like(self.n_out))
+        yield new
+        while not self.all_done:
             tree = self.proposer.draft(self.root, self.root_pos, self.warp, self.gen)
             acc, hidden = self._verify(tree)
             emitted = _emitted(tree, acc)  # (B, D+1)
             was_done = self.done.clone()
-            new = self._emit(emitted, acc.n_accepted + 1)
+            new, acc.n_host = self._emit(emitted, acc.n_accepted + 1, acc.n_accepted)  # the step's one sync
             self._count(acc, ~was_done)
-            self.kv.commit(acc.path.clamp(min=0), acc.n_accepted + 1)
+            self.kv.commit(acc.path.clamp(min=0), acc.n_accepted + 1, [n + 1 for n in acc.n_host])
             self.proposer.update(acc, tree, hidden, self.root_pos)
             self.root = acc.bonus
             self.root_pos = self.root_pos + acc.n_accepted + 1
@@ -274,8 +277,13 @@ class _Run:
             acc = greedy_accept(tree, out.logits, width)
         return acc, out.hidden
 
-    def _emit(self, emitted: torch.Tensor, count: torch.Tensor) -> list[list[int]]:
-        """Append ``emitted[b, :count[b]]`` to each unfinished row, cut at EOS and at ``max_new_tokens``."""
+    def _emit(
+        self, emitted: torch.Tensor, count: torch.Tensor, accepted: torch.Tensor
+    ) -> tuple[list[list[int]], list[int]]:
+        """Append ``emitted[b, :count[b]]`` to each unfinished row, cut at EOS and at ``max_new_tokens``.
+
+        Returns the new tokens per row and ``accepted`` (B,) on the host: everything the step needs on the
+        host comes back in this one transfer (one device sync per step on a GPU)."""
         b, e = emitted.shape
         j = torch.arange(e, device=emitted.device)[None]
         is_eos = torch.isin(emitted, self.eos) & (j < count[:, None])
@@ -287,7 +295,10 @@ class _Run:
         self.n_out += n
         self.done |= (is_eos & keep).any(-1) | (self.n_out >= self.max_new)
         self.stats.steps += 1
-        return [row[:k] for row, k in zip(emitted.tolist(), n.tolist(), strict=True)]
+        host = torch.cat([n, accepted, self.done.long(), emitted.reshape(-1)]).tolist()
+        n_h, acc_h, done_h, flat = host[:b], host[b : 2 * b], host[2 * b : 3 * b], host[3 * b :]
+        self.all_done = all(done_h)
+        return [flat[i * e : i * e + k] for i, k in enumerate(n_h)], acc_h
 
     def _count(self, acc: Acceptance, live: torch.Tensor) -> None:
         d = acc.offered.shape[1]
@@ -322,9 +333,8 @@ def _emitted(tree: DraftTree, acc: Acceptance) -> torch.Tensor:
 
 
 def _width(tree: DraftTree, proposer) -> int:
-    if isinstance(proposer, MedusaProposer):
-        return int(torch.bincount(proposer.parents[1:]).max())
-    return proposer.topk
+    """The most children any node of the proposer's trees can have (static trees: computed once)."""
+    return getattr(proposer, "width", proposer.topk)
 
 
 class _PlainDraft(nn.Module):

@@ -24,6 +24,7 @@ class KVState:
             batch, cache.max_len, dtype=torch.bool, device=device
         )  # committed, attendable
         self.length = torch.zeros(batch, dtype=torch.long, device=device)  # committed positions per row
+        self.host_length = [0] * batch  # the same on the host: sizing a forward needs no device sync
         self.pending = 0  # entries written after ``length`` since the last commit
 
     @classmethod
@@ -43,7 +44,7 @@ class KVState:
             raise ValueError(f"mask over {f} entries, but {self.pending} are pending and {t} new")
         dev = new.device
         write = self.length[:, None] + self.pending + torch.arange(t, device=dev)  # (B, T)
-        kv_len = int(self.length.max()) + f  # one host sync per forward: the attended width
+        kv_len = max(self.host_length) + f  # the attended width
         self.cache.plan(write, kv_len)
         rel = torch.arange(kv_len, device=dev)[None, :] - self.length[:, None]  # (B, K) key - row length
         committed = self.valid[:, :kv_len] & (rel < 0)
@@ -52,15 +53,18 @@ class KVState:
         self.pending = f
         return (committed[:, None, :] | pend)[:, None]
 
-    def commit(self, keep: torch.Tensor, n_keep: torch.Tensor) -> None:
+    def commit(self, keep: torch.Tensor, n_keep: torch.Tensor, n_host: list[int] | None = None) -> None:
         """Keep, per row, the pending entries ``keep[b, :n_keep[b]]`` (indices among the pending entries), in
-        that order, as committed keys; the other pending entries are dropped."""
+        that order, as committed keys; the other pending entries are dropped. ``n_host``: ``n_keep`` already
+        on the host (the decoder reads it once per step); without it, it is read here."""
         j = torch.arange(keep.shape[1], device=keep.device)[None]  # (1, K)
         dst = self.length[:, None] + j
         used = j < n_keep[:, None]
         self.cache.move(torch.where(used, self.length[:, None] + keep, dst), dst)
         self.valid.scatter_(1, dst, self.valid.gather(1, dst) | used)
         self.length = self.length + n_keep
+        n_host = n_keep.tolist() if n_host is None else n_host
+        self.host_length = [a + b for a, b in zip(self.host_length, n_host, strict=True)]
         self.pending = 0
 
     def start(self, valid: torch.Tensor) -> None:
@@ -68,6 +72,7 @@ class KVState:
         True (left padding is not)."""
         self.valid[:, : valid.shape[1]] = valid.bool()
         self.length = torch.full_like(self.length, valid.shape[1])
+        self.host_length = [valid.shape[1]] * valid.shape[0]
         self.pending = 0
 
     def rollback(self) -> None:

@@ -85,7 +85,7 @@ def choose_tree(dec: Any) -> TreeChoice:
         return dataclasses.replace(dec.fixed_choice(default=True), source="default: no acceptance statistics")
     curve = curve_for(dec)
     max_depth = dec.drafter.config.num_heads if dec.kind == "medusa" else DEPTHS[-1]
-    choice = plan_tree(curve, p, max_depth=max_depth)
+    choice = plan_tree(curve, p, max_depth=max_depth, p_chain=dec.drafter.acceptance.get("p_chain"))
     if choice.depth == 0:
         _say_once(f"no {dec.kind} tree beats plain decoding on this machine: decoding without speculation")
     return choice

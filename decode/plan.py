@@ -15,6 +15,7 @@ nodes by draft confidence per step, which does at least as well as this static e
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
 from selfspec.decode.cost import DEPTHS, CostCurve
@@ -74,8 +75,12 @@ def plan_tree(
     p: list[list[float]],
     max_depth: int = DEPTHS[-1],
     widths: tuple[int, ...] = (1, 2, 3, 4, 6, 8),
+    p_chain: list[float] | None = None,
 ) -> TreeChoice:
-    """The (depth, width, size) with the most expected tokens per ms; depth 0 if plain decoding is faster."""
+    """The (depth, width, size) with the most expected tokens per ms; depth 0 if plain decoding is faster.
+
+    ``p_chain[d]``: acceptance at depth d+1 given every token above was the drafter's first choice (what a
+    chain sees); chains use it instead of ``p[d][0]`` (which conditions on the weaker "within the tree")."""
     plain = curve.plain_ms()
     best = TreeChoice(0, 1, 1, ms_per_step=plain)
     best_rate = 1.0 / plain
@@ -89,6 +94,8 @@ def plan_tree(
                 if not paths or max(len(q) for q, _ in paths) < depth:
                     continue  # this depth is not reached by the best nodes: a smaller depth covers it
                 tokens = expected_tokens(paths)
+                if width == 1 and p_chain and len(p_chain) >= depth:
+                    tokens = 1.0 + sum(math.prod(p_chain[: d + 1]) for d in range(depth))
                 ms = curve.verify(size) + draft + curve.overhead_ms
                 if tokens / ms > best_rate * (1 + 1e-9):
                     best_rate = tokens / ms

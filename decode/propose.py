@@ -37,6 +37,7 @@ class Segment:
     positions: torch.Tensor  # (B, A) long
     valid: torch.Tensor  # (B, A) bool
     features: torch.Tensor | None = None  # (B, A, F) target features at t (EAGLE) or None
+    n_host: list[int] | None = None  # valid entries per row, on the host when the decoder knows them
 
 
 class NullProposer:
@@ -67,6 +68,7 @@ class MedusaProposer:
         choices = [c for c in choices if len(c) <= k]
         self.parents, self.depths, self.picks, self.depth = static_tree(choices)
         self.topk = int(self.picks.max()) + 1
+        self.width = int(torch.bincount(self.parents[1:]).max()) if len(self.parents) > 1 else 1
         self.last_hidden: torch.Tensor | None = None  # (B, H) target final state at the last committed node
         self.tree_size = len(self.parents)
 
@@ -157,7 +159,8 @@ class CachedProposer:
         if self.kind != "draft_model":
             f = torch.cat(list(feats), -1)  # (B, N, F)
             feat = f.gather(1, path[..., None].expand(-1, -1, f.shape[-1]))  # (B, D+1, F)
-        self.seg = Segment(nxt, root_pos[:, None] + j + self.offset, j <= n, feat)
+        counts = None if acc.n_host is None else [k + 1 for k in acc.n_host]
+        self.seg = Segment(nxt, root_pos[:, None] + j + self.offset, j <= n, feat, counts)
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
         logits, hidden = self._feed_segment()  # (B, V'), (B, H) at the root's entry
@@ -175,7 +178,7 @@ class CachedProposer:
         logits, out = self._forward(seg.tokens, hidden, seg.positions, kv.mask(new))
         order = torch.arange(a, device=dev)
         keep = torch.where(seg.valid, order, a + order).argsort(-1)  # valid entries first, in order
-        kv.commit(keep, seg.valid.sum(-1))
+        kv.commit(keep, seg.valid.sum(-1), seg.n_host)
         last = (seg.valid.long() * (order + 1)).argmax(-1)  # (B,) the last valid entry = the root's
         rows = torch.arange(b, device=dev)
         return logits[rows, last], (out[rows, last] if out is not None else None)

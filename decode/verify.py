@@ -43,6 +43,7 @@ class Acceptance:
         torch.Tensor
     )  # (B, D) bool: a draft at depth d+1 was offered (the walk reached a node with children)
     accepted: torch.Tensor  # (B, D) bool: a draft at depth d+1 was accepted
+    n_host: list[int] | None = None  # n_accepted on the host, once the decoder has read it
 
 
 def greedy_accept(tree: DraftTree, logits: torch.Tensor, width: int) -> Acceptance:

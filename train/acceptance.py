@@ -59,8 +59,9 @@ PREDICTIONS = {"medusa": _medusa, "eagle": _unrolled, "eagle3": _unrolled, "draf
 def rank_counts(
     drafter: Any, ids: torch.Tensor, loss_mask: torch.Tensor, tgt_logits: torch.Tensor, features: tuple
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hits (D, R), reached (D,)) of one batch: hits[d, r] counts positions whose target token at depth d+1
-    was the drafter's rank-r candidate with every token above it within rank < R; reached[d] those positions."""
+    """(hits (D, R + 2), reached (D,)) of one batch: hits[d, r] counts positions whose target token at depth
+    d+1 was the drafter's rank-r candidate with every token above it within rank < R; reached[d] those
+    positions; hits[d, R] and hits[d, R + 1] the same for a chain (every token above was the first choice)."""
     b, seq = ids.shape
     best = tgt_logits.argmax(-1)  # (B, T): the target's token after each position
     to_draft = None
@@ -69,9 +70,10 @@ def rank_counts(
         to_draft[drafter.draft_to_target(torch.arange(drafter.d2t.numel(), device=ids.device))] = (
             torch.arange(drafter.d2t.numel(), device=ids.device)
         )
-    hits = torch.zeros(DEPTH, RANKS, dtype=torch.long)
+    hits = torch.zeros(DEPTH, RANKS + 2, dtype=torch.long)  # ranks 0..R-1, then the chain's hits and reach
     reached = torch.zeros(DEPTH, dtype=torch.long)
     alive = torch.ones(b, seq, dtype=torch.bool, device=ids.device)  # root t: all tokens above within ranks
+    chain = alive.clone()  # root t: every token above was the drafter's first choice
     for d, logits in enumerate(PREDICTIONS[drafter.drafter_type](drafter, ids, tgt_logits, features, DEPTH)):
         n = min(logits.shape[1], seq - d - 2)  # roots t whose depth-(d+1) token x_{t+d+2} exists
         if n <= 0:
@@ -86,17 +88,30 @@ def rank_counts(
         reached[d] += int(ok.sum())
         for r in range(RANKS):
             hits[d, r] += int((ok & (rank == r)).sum())
+        on_chain = ok & chain[:, :n]
+        hits[d, RANKS] += int((on_chain & (rank == 0)).sum())
+        hits[d, RANKS + 1] += int(on_chain.sum())
         alive[:, :n] &= ok & (rank < RANKS)  # deeper nodes hang below a node a tree can hold
+        chain[:, :n] &= ok & (rank == 0)
         alive[:, n:] = False
+        chain[:, n:] = False
     return hits, reached
 
 
 def to_probabilities(hits: torch.Tensor, reached: torch.Tensor) -> dict[str, Any]:
-    """``p[d][r]`` (rounded) and the counts behind it; depths never reached are dropped."""
+    """``p[d][r]`` (rounded), the chain's ``p_chain[d]`` and the counts behind them; ``tau_chain[d]``: the
+    expected tokens per step of a chain of depth d+1 (bonus included). Depths never reached are dropped."""
     keep = int((reached > 0).sum())
-    p = (hits[:keep].double() / reached[:keep, None].clamp(min=1)).tolist()
+    p = (hits[:keep, :RANKS].double() / reached[:keep, None].clamp(min=1)).tolist()
+    chain = (hits[:keep, RANKS].double() / hits[:keep, RANKS + 1].clamp(min=1)).tolist()
+    tau, run = [], 1.0
+    for i, c in enumerate(chain):
+        run *= c
+        tau.append(round((tau[i - 1] if i else 1.0) + run, 4))
     return {
         "p": [[round(x, 5) for x in row] for row in p],
+        "p_chain": [round(x, 5) for x in chain],
+        "tau_chain": tau,
         "positions": reached[:keep].tolist(),
         "source": "eval split, teacher-forced",
     }

@@ -40,6 +40,7 @@ class TrainConf:
 
     max_steps: int = 100  # optimiser steps (each = micro_batch_size * grad_accum * world sequences)
     epochs: float = 0.0  # > 0: max_steps is sized to this many passes over the train split instead
+    train_rows: int = 0  # > 0: train on the first N conversations of the train split only (scaling curves)
     micro_batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 512  # longer conversations are truncated (prompt first, so the response tail goes)

@@ -169,7 +169,7 @@ class Trainer:
         if self.eval_batches is None:
             return None
         self.engine.eval()
-        hits = torch.zeros(DEPTH, RANKS, dtype=torch.long)
+        hits = torch.zeros(DEPTH, RANKS + 2, dtype=torch.long)
         reached = torch.zeros(DEPTH, dtype=torch.long)
         for i, batch in enumerate(self.eval_batches.epoch_iter(0)):
             if i >= max_batches:
@@ -179,7 +179,8 @@ class Trainer:
             hits, reached = hits + h, reached + r
         self.engine.train()
         flat = all_reduce_sum(torch.cat([hits.flatten(), reached]).to(self.device)).cpu()
-        return to_probabilities(flat[: DEPTH * RANKS].view(DEPTH, RANKS), flat[DEPTH * RANKS :])
+        n = DEPTH * (RANKS + 2)
+        return to_probabilities(flat[:n].view(DEPTH, RANKS + 2), flat[n:])
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

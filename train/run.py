@@ -60,6 +60,9 @@ def train_job(cfg: DictConfig) -> TrainResult:
     )
     dataset_dir = build_dataset(cfg, target, tokenizer)
     splits = load_splits(dataset_dir)
+    rows = int(cfg.train.train_rows)
+    if 0 < rows < len(splits["train"]):  # a prefix keeps row i = stored feature row i
+        splits["train"] = splits["train"].select(range(rows))
     epochs = size_schedule(cfg, len(splits["train"]), world)
     counts = None
     if cfg.head.get("draft_vocab_size") is not None:  # the families with a reduced draft vocabulary

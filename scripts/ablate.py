@@ -35,14 +35,30 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("eagle3 fc_init=random", "fc initialisation", ["+experiment=eagle3", "head.fc_init=random"]),
     ("eagle3 lr=3e-4", "learning rate", ["+experiment=eagle3", "train.lr=3e-4"]),
     ("eagle3 lr=3e-3", "learning rate", ["+experiment=eagle3", "train.lr=3e-3"]),
-    ("eagle3 warmup_ratio=0", "warmup", ["+experiment=eagle3", "train.warmup_ratio=0", "train.warmup_steps=1"]),
+    (
+        "eagle3 warmup_ratio=0",
+        "warmup",
+        ["+experiment=eagle3", "train.warmup_ratio=0", "train.warmup_steps=1"],
+    ),
     ("eagle3 features=online", "feature mode (throughput)", ["+experiment=eagle3", "train.features=online"]),
-    ("eagle3 compute_dtype=fp32", "autocast (throughput, quality)", ["+experiment=eagle3", "train.compute_dtype=fp32"]),
+    (
+        "eagle3 compute_dtype=fp32",
+        "autocast (throughput, quality)",
+        ["+experiment=eagle3", "train.compute_dtype=fp32"],
+    ),
     ("eagle (default)", "baseline", ["+experiment=eagle"]),
-    ("eagle feature_noise=0.2", "EAGLE-1 feature noise", ["+experiment=eagle", "train.loss.feature_noise=0.2"]),
+    (
+        "eagle feature_noise=0.2",
+        "EAGLE-1 feature noise",
+        ["+experiment=eagle", "train.loss.feature_noise=0.2"],
+    ),
     ("eagle draft_vocab_size=0", "reduced vocabulary", ["+experiment=eagle", "head.draft_vocab_size=0"]),
     ("medusa (default)", "baseline", ["+experiment=medusa"]),
-    ("medusa own_lm_head", "Medusa heads' own output layers", ["+experiment=medusa", "head.own_lm_head=true"]),
+    (
+        "medusa own_lm_head",
+        "Medusa heads' own output layers",
+        ["+experiment=medusa", "head.own_lm_head=true"],
+    ),
     ("medusa num_layers=2", "Medusa head depth", ["+experiment=medusa", "head.num_layers=2"]),
     ("draft (default)", "baseline", ["+experiment=draft"]),
     ("draft num_layers=6", "draft model depth", ["+experiment=draft", "head.num_layers=6"]),
@@ -61,7 +77,9 @@ def run(name: str, overrides: list[str], shared: list[str], runs: Path) -> dict:
     wall = time.time() - t0
     metrics = yaml.safe_load((out / "drafter" / "train_config.yaml").read_text())["metrics"]
     acc = json.loads((out / "drafter" / "acceptance.json").read_text())
-    top1 = next((v for k, v in sorted(metrics.items()) if k.startswith("eval/top1_") and k.endswith("1")), None)
+    top1 = next(
+        (v for k, v in sorted(metrics.items()) if k.startswith("eval/top1_") and k.endswith("1")), None
+    )
     row = {
         "name": name,
         "overrides": overrides,

@@ -44,7 +44,7 @@ class DecodeOptionsConf:
     depth: int | None = None  # draft levels
     topk: int | None = None  # children per expanded node (1: a chain)
     total_tokens: int | None = None  # draft tree size, root included
-    tree: bool | None = None  # false: chain drafting
+    tree: Any = None  # auto (null): sized from measured costs | true: the default tree | false: a chain
     medusa_choices: Any = None  # Medusa tree: paths of top-k choice indices
 
 

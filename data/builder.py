@@ -177,7 +177,7 @@ def make_plan(
     d = cfg.data
     if d.source == "self":
         torch.manual_seed(int(cfg.seed))
-        texts, rejected = self_prompts(model, tokenizer, int(d.num_prompts), d.magpie, int(d.batch_size))
+        texts, rejected = self_prompts(model, tokenizer, int(d.num_prompts), d.magpie, rollout.engine)
         convs: list[Conversation] = [[{"role": "user", "content": t}] for t in texts]
         convs = [c for c in convs if rollout.fits(c)]
         skipped = {f"self prompt {k}": v for k, v in rejected.items()}

@@ -43,6 +43,7 @@ class Eagle3Config(TargetDims):
     ttt_steps: int = 7
     draft_vocab_size: int = 32000
     aux_layers: list[int] = field(default_factory=list)
+    fc_init: str = "high"  # "high": fc starts as the identity on the high layer's state; "random"
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -219,7 +220,14 @@ class Eagle3(Drafter):
 
     @torch.no_grad()
     def init_from_target(self) -> None:
-        """Start ``lm_head`` from the target's rows of the draft vocabulary and ``norm`` from its final norm."""
+        """Start ``lm_head`` from the target's rows of the draft vocabulary, ``norm`` from its final norm and,
+        with ``fc_init="high"``, ``fc`` as the identity on the high layer (the state closest to the logits)."""
+        if self.config.fc_init not in ("high", "random"):
+            raise SelfspecError(f"eagle3 fc_init={self.config.fc_init!r}: use high or random")
+        if self.config.fc_init == "high":
+            h = self.config.hidden_size
+            self.fc.weight.zero_()
+            self.fc.weight[:, 2 * h :].copy_(torch.eye(h))
         ids = torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
         w = self.target_lm_head.weight
         self.lm_head.weight.copy_(w[ids.to(w.device)])

@@ -98,6 +98,20 @@ def load_target(
     return model, tokenizer
 
 
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The target's logits from its final (post-norm) hidden states (..., H) -> (..., V).
+
+    What ``model(...).logits`` computes from ``hidden_states[-1]``, for callers that keep only a few rows
+    (continuous batching) or stored the states (offline features): the lm_head, then the final logit
+    soft-capping some architectures (Gemma) apply.
+    """
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fingerprints: what identifies a target, so datasets and drafters can tell which target they belong to.
 

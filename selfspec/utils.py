@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -46,26 +47,67 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise SelfspecError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX-BF16, Arm BF16).
+
+    Asked of torch's own CPU feature probe where it has one, else read from /proc/cpuinfo; never guessed from
+    the vendor. On such CPUs a bf16 forward streams half the bytes of fp32 and runs about 1.5x faster.
+    """
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    if caps is not None:
+        found = caps()
+        if found.get("avx512_bf16") or found.get("amx_bf16"):
+            return True
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
-    """``auto`` is bf16 on a GPU that supports it and fp32 on the CPU (CPU bf16 matmuls are slow)."""
+    """``auto``: bf16 on a GPU that supports it and on a CPU with native bf16 arithmetic, else fp32.
+
+    fp32 is the exact mode (a bf16 forward over a block of tokens rounds differently from one token at a time,
+    so speculative decoding in bf16 can differ from ``generate`` at near-ties). Asking for bf16 on a CPU
+    without native bf16 works but is slow: one warning says so.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     device = torch.device(device)
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    names = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if dtype not in names:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    if dtype not in _DTYPES:
         raise SelfspecError(f"unknown dtype {dtype!r}: use auto, fp32, bf16 or fp16")
-    return names[dtype]
+    if _DTYPES[dtype] == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        _warn_once("this CPU has no native bf16 arithmetic: bf16 runs emulated and slow; use dtype=fp32")
+    return _DTYPES[dtype]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logging.getLogger(__name__).warning("%s", message)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bf16`` (the names the configs use)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 def seed_everything(seed: int) -> None:

@@ -222,18 +222,21 @@ def train_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("train-data")
 
 
-@pytest.fixture(scope="module")
-def reference_run(train_cache, tmp_path_factory) -> dict:
-    """An uninterrupted training run (it also writes the dataset the killed runs reuse)."""
+def _uninterrupted(train_cache: Path, out: Path, extra: list[str]) -> dict:
     from selfspec.train.parallel import destroy_distributed
     from selfspec.train.run import train_job
 
-    out = tmp_path_factory.mktemp("reference-train")
     try:
-        result = train_job(_train_cfg(train_cache, out, []))
+        result = train_job(_train_cfg(train_cache, out, extra))
     finally:
         destroy_distributed()
     return {"log": _logged(out), "weights": load_file(str(result.folder / "model.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(train_cache, tmp_path_factory) -> dict:
+    """An uninterrupted training run (it also writes the dataset the killed runs reuse)."""
+    return _uninterrupted(train_cache, tmp_path_factory.mktemp("reference-train"), [])
 
 
 # A kill point of the training job (SELFSPEC_FAULT), what the killed run leaves ("out:<glob>" in output_dir,
@@ -251,6 +254,13 @@ TRAIN_FAULTS = [
         id="inside-the-2nd-checkpoint-save",
     ),
     pytest.param("export_between_files", "out:.drafter.tmp-*", "step_0000005", [], id="inside-the-export"),
+    pytest.param(
+        "feature_shard:2",
+        "cache:*/features/*/*/.*.tmp-*",
+        None,
+        ["train.features=offline"],
+        id="inside-the-2nd-feature-shard",
+    ),
 ]
 
 
@@ -274,13 +284,16 @@ def test_training_killed_then_rerun_ends_like_the_uninterrupted_run(
     result = train_job(_train_cfg(train_cache, out, extra))  # the rerun
     start = int(resume_from[5:]) if resume_from else 0
     assert [r["step"] for r in result.history] == list(range(start + 1, 6))
-    logged, reference = _logged(out), reference_run["log"]
+    # Rows with extra settings (offline features) compare with an uninterrupted run of those settings, made
+    # after the rerun so that the rerun, not the reference, had to finish what the kill left.
+    reference = _uninterrupted(train_cache, tmp_path / "reference", extra) if extra else reference_run
+    logged = _logged(out)
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]  # every step once, the killed run's extra rows gone
-    for got, want in zip(logged, reference, strict=True):
+    for got, want in zip(logged, reference["log"], strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-5)
     weights = load_file(str(out / "drafter" / "model.safetensors"))
-    assert weights.keys() == reference_run["weights"].keys()
+    assert weights.keys() == reference["weights"].keys()
     for name, tensor in weights.items():
-        torch.testing.assert_close(tensor, reference_run["weights"][name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tensor, reference["weights"][name], rtol=1e-4, atol=1e-5)
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert all(checkpoints.is_complete(p) for p in (out / "checkpoints").glob("step_*"))

@@ -128,11 +128,33 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert (dest / "done").read_text() == "ok"
 
 
-def test_device_and_dtype_resolution():
+def test_device_and_dtype_resolution(monkeypatch, caplog):
+    import selfspec.utils as utils
+
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("fp32", "cpu") == torch.float32
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    utils._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert "no native bf16" in caplog.text
+
+
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    """Detection follows the CPU's feature flags (torch's probe, else /proc/cpuinfo), not the vendor."""
+    import selfspec.utils as utils
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False}, raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(utils, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else Path(p))
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert utils.cpu_has_native_bf16()
+    cpuinfo.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f\n")
+    assert not utils.cpu_has_native_bf16()
 
 
 @pytest.mark.timeout(330)

@@ -20,13 +20,15 @@ from tqdm.auto import tqdm
 
 from selfspec.faults import maybe_die
 from selfspec.heads import target_forward
+from selfspec.target import output_logits
 from selfspec.train import checkpoints
+from selfspec.train.acceptance import DEPTH, RANKS, rank_counts, to_probabilities
 from selfspec.train.batches import Batches
 from selfspec.train.checkpoints import TrainState
 from selfspec.train.losses import DrafterObjective, LossOutput
 from selfspec.train.parallel import all_reduce_sum, barrier, parallelize
 from selfspec.train.tracking import Tracker
-from selfspec.utils import SelfspecError, atomic_write_text
+from selfspec.utils import SelfspecError, atomic_write_text, cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,20 @@ logger = logging.getLogger(__name__)
 def head_config(drafter: Any) -> dict[str, Any]:
     """The drafter's hyper-parameters as plain JSON values (what a checkpoint must match to be resumed)."""
     return json.loads(json.dumps(asdict(drafter.config), default=str))
+
+
+def autocast_dtype(choice: str, device: torch.device, drafter: Any) -> bool:
+    """Whether the drafter's forward runs under bf16 autocast (its weights and optimizer stay fp32).
+
+    ``auto``: on a CPU with native bf16 while the weights are fp32 (about twice the matmul throughput; on
+    GPUs DeepSpeed's bf16 mode already trains in bf16). ``bf16``: always; ``fp32``: never.
+    """
+    if choice not in ("auto", "bf16", "fp32"):
+        raise SelfspecError(f"train.compute_dtype={choice!r}: use auto, bf16 or fp32")
+    fp32_weights = next(drafter.parameters()).dtype == torch.float32
+    if choice == "auto":
+        return device.type == "cpu" and fp32_weights and cpu_has_native_bf16()
+    return choice == "bf16" and fp32_weights
 
 
 class Metrics:
@@ -94,7 +110,10 @@ class Trainer:
         world: int,
         device: torch.device,
         tracker: Tracker | None = None,
+        features: Any = None,
     ) -> None:
+        """``features``: the dataset's stored target features (offline mode), or None to run the target on
+        every batch (online mode)."""
         self.cfg, self.t = cfg, cfg.train
         self.target, self.drafter = target, drafter
         self.device, self.rank = device, rank
@@ -103,6 +122,11 @@ class Trainer:
         self.tracker = tracker or Tracker()
         self.label = "step" if drafter.drafter_type == "eagle3" else "head"
         self.layers = list(drafter.feature_layers())
+        self.features = features
+        if features is not None:  # offline: where each needed layer, and the final state, sit in the store
+            self.stored = features.index_of(self.layers)
+            self.final = features.index_of([target.config.get_text_config().num_hidden_layers])[0]
+        self.autocast = autocast_dtype(str(self.t.compute_dtype), device, drafter)
         self.head = head_config(drafter)
         self.engine = parallelize(DrafterObjective(drafter, self.t.loss), cfg, device, world)
         mk = {
@@ -113,19 +137,52 @@ class Trainer:
             "world": world,
             "seed": int(cfg.seed),
         }
-        self.train_batches = Batches(splits["train"], shuffle=True, **mk)
-        self.eval_batches = Batches(splits["eval"], shuffle=False, **mk) if len(splits["eval"]) else None
+        self.train_batches = Batches(splits["train"], shuffle=True, features=features, **mk)
+        self.eval_batches = None
+        if len(splits["eval"]):
+            self.eval_batches = Batches(
+                splits["eval"], shuffle=False, features=features, split_name="eval", **mk
+            )
         self.state = TrainState()
         self.history: list[dict[str, float]] = []
 
     # -- one forward -------------------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(input_ids, loss_mask, target logits, target features) of a batch, on the device."""
         ids = batch["input_ids"].to(self.device)
         mask = batch["loss_mask"].to(self.device)
         with torch.no_grad():
-            out = target_forward(self.target, ids, layers=self.layers)
-        return LossOutput(*self.engine(ids, mask, out.logits, out.hidden))
+            if self.features is None:
+                logits, hidden = target_forward(self.target, ids, layers=self.layers)[:2]
+            else:  # stored states; the logits from the final one through the target's own lm_head
+                f = batch["features"].to(self.device)  # (B, T, stored layers, H)
+                hidden = tuple(f[:, :, i] for i in self.stored)
+                logits = output_logits(self.target, f[:, :, self.final].to(self.target.dtype))
+        return ids, mask, logits, hidden
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return LossOutput(*self.engine(*self.inputs(batch)))
+
+    @torch.no_grad()
+    def acceptance_stats(self, max_batches: int = 64) -> dict[str, Any] | None:
+        """``p[d][r]`` on the eval split for the tree planner (``train/acceptance.py``), every rank alike."""
+        if self.eval_batches is None:
+            return None
+        self.engine.eval()
+        hits = torch.zeros(DEPTH, RANKS + 2, dtype=torch.long)
+        reached = torch.zeros(DEPTH, dtype=torch.long)
+        for i, batch in enumerate(self.eval_batches.epoch_iter(0)):
+            if i >= max_batches:
+                break
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                h, r = rank_counts(self.drafter, *self.inputs(batch))
+            hits, reached = hits + h, reached + r
+        self.engine.train()
+        flat = all_reduce_sum(torch.cat([hits.flatten(), reached]).to(self.device)).cpu()
+        n = DEPTH * (RANKS + 2)
+        return to_probabilities(flat[:n].view(DEPTH, RANKS + 2), flat[n:])
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

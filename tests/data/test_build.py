@@ -212,13 +212,18 @@ def test_batching_knobs_are_in_the_key_when_something_is_sampled(tiny_target, tm
 
 
 def test_magpie_prompts_depend_on_the_batch_size(tiny_target):
-    """Why batch_size is in the key of a source=self dataset: one seeded stream, drawn batch by batch."""
+    """Why batch_size is in the key of a source=self dataset: one seeded stream, drawn slot by slot."""
     from selfspec.data.config import MagpieConf
+    from selfspec.data.engine_hf import HFEngine
     from selfspec.data.magpie import self_prompts
+    from selfspec.data.rollout import pad_id, stop_token_ids
+
+    model, tok = tiny_target
 
     def prompts(batch_size: int) -> list[str]:
         torch.manual_seed(0)
-        return self_prompts(*tiny_target, 4, MagpieConf(max_tokens=8, max_attempts_factor=1), batch_size)[0]
+        engine = HFEngine(model, stop_token_ids(model, tok), pad_id(tok), slots=batch_size)
+        return self_prompts(model, tok, 4, MagpieConf(max_tokens=8, max_attempts_factor=1), engine)[0]
 
     assert prompts(1) != prompts(4)
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import re
+import shutil
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from selfspec.data.magpie import self_prompts
 from selfspec.data.prompts import Conversation, collect, source_records
 from selfspec.data.rollout import Rollout, Sampling
+from selfspec.faults import maybe_die
 from selfspec.target import load_target, selfspec_home, tokenizer_fingerprint, weights_fingerprint
 from selfspec.utils import SelfspecError, atomic_dir, atomic_write_json, atomic_write_text, resolve_device
 
@@ -36,7 +41,7 @@ FEATURES = datasets.Features(
     }
 )
 COMPLETE = "COMPLETE"
-_NOT_IN_KEY = ("batch_size", "shard_size", "cache_dir")  # throughput and location knobs, not content
+_NOT_IN_KEY = ("cache_dir", "wait_timeout_s")  # location and patience, not content
 
 
 def _rank_world() -> tuple[int, int]:
@@ -56,7 +61,7 @@ def dataset_meta(
 ) -> dict[str, Any]:
     """Everything that determines the dataset; its hash names the folder."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    for k in _NOT_IN_KEY:
+    for k in (*_NOT_IN_KEY, *_throughput_only(data)):
         data.pop(k, None)
     if data["source"] != "self":
         data.pop("magpie")
@@ -73,6 +78,18 @@ def dataset_meta(
         "data": data,
         "seed": int(cfg.seed),
     }
+
+
+def _throughput_only(data: dict[str, Any]) -> list[str]:
+    """The batching knobs that do not change this dataset's content, so are left out of its key.
+
+    They change it only through sampling: Magpie (``source=self``) draws its prompts ``batch_size`` at a time
+    from one seeded stream, and responses at ``temperature > 0`` come from one seeded stream per shard, batch
+    by batch. Greedy answers to given prompts do not depend on them (float rounding in near ties aside).
+    """
+    if float(data["temperature"]) > 0:
+        return []
+    return ["shard_size"] if data["source"] == "self" else ["batch_size", "shard_size"]
 
 
 def dataset_dir(cfg: DictConfig, meta: dict[str, Any]) -> Path:
@@ -92,14 +109,65 @@ def _target_device(device: str) -> str:
     return str(dev)
 
 
-def _wait_for(path: Path, what: str, poll_s: float = 2.0) -> None:
-    """Other ranks wait for rank 0's commits (a shared filesystem; torchrun kills all ranks if one fails)."""
-    start = time.monotonic()
+def _wait_for(path: Path, what: str, work: Path, peer: int, timeout_s: float) -> None:
+    """Wait for rank ``peer`` to commit ``path`` (other ranks follow rank 0's plan, rank 0 the others' shards).
+
+    A peer at work keeps its heartbeat changing (``_heartbeat``), however long its part takes. When neither
+    ``path`` appears nor the heartbeat changes for ``timeout_s``, the ranks do not share ``work`` (the default
+    cache under ``$SELFSPEC_HOME`` is node-local): one clear error instead of waiting forever.
+    """
+    beat = work / ".alive" / str(peer)
+    seen, since, logged = _read_beat(beat), time.monotonic(), time.monotonic()
     while not path.exists():
-        if time.monotonic() - start > 60:
+        time.sleep(min(2.0, timeout_s / 10))
+        now, beat_now = time.monotonic(), _read_beat(beat)
+        if beat_now != seen:
+            seen, since = beat_now, now
+        elif now - since > timeout_s:
+            raise SelfspecError(
+                f"rank {_rank_world()[0]} waited {timeout_s:.0f} s for {what} ({path}) without any sign of rank "
+                f"{peer} at work: the ranks do not share the dataset cache; set data.cache_dir to a folder "
+                "every rank (every node) can read and write, or raise data.wait_timeout_s if rank "
+                f"{peer} is only slow to start"
+            )
+        if now - logged > 60:
             logger.info("waiting for %s (%s)", what, path)
-            start = time.monotonic()
-        time.sleep(poll_s)
+            logged = now
+
+
+def _read_beat(beat: Path) -> str | None:
+    try:
+        return beat.read_text()
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _heartbeat(work: Path, rank: int, world: int, timeout_s: float) -> Iterator[None]:
+    """While this rank builds (world > 1), a daemon thread rewrites ``work/.alive/<rank>`` with a counter a few
+    times per ``timeout_s``. Waiting ranks judge the change on their own clock, so clock skew does not matter."""
+    if world == 1:
+        yield
+        return
+    beat, stop = work / ".alive" / str(rank), threading.Event()
+
+    def run() -> None:
+        n = 0
+        while True:
+            n += 1
+            with contextlib.suppress(OSError):  # a full or flaky disk must not kill the build from here
+                beat.parent.mkdir(parents=True, exist_ok=True)
+                beat.write_text(f"{n}\n")
+            if stop.wait(min(30.0, timeout_s / 4)):
+                return
+
+    thread = threading.Thread(target=run, name=f"selfspec-heartbeat-{rank}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_plan(
@@ -109,7 +177,7 @@ def make_plan(
     d = cfg.data
     if d.source == "self":
         torch.manual_seed(int(cfg.seed))
-        texts, rejected = self_prompts(model, tokenizer, int(d.num_prompts), d.magpie, int(d.batch_size))
+        texts, rejected = self_prompts(model, tokenizer, int(d.num_prompts), d.magpie, rollout.engine)
         convs: list[Conversation] = [[{"role": "user", "content": t}] for t in texts]
         convs = [c for c in convs if rollout.fits(c)]
         skipped = {f"self prompt {k}": v for k, v in rejected.items()}
@@ -132,6 +200,7 @@ def make_plan(
     n_eval = round(d.eval_fraction * n)
     if d.eval_fraction > 0 and n >= 2:
         n_eval = min(max(1, n_eval), n - 1)
+    n_eval = min(n_eval, n - 1)  # train keeps one conversation at least (one prompt: no eval split)
     eval_idx = sorted(random.Random(int(cfg.seed)).sample(range(n), n_eval))
     return {
         "conversations": convs,
@@ -167,6 +236,8 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
 
     rollout.on_batch = on_batch
     for i in todo:
+        if (work / COMPLETE).exists():  # another job finished this dataset meanwhile
+            break
         torch.manual_seed(seed * 1_000_003 + i)  # a shard's samples do not depend on which rank wrote it
         samples = rollout.run(convs[i * size : (i + 1) * size])
         rows = {
@@ -177,6 +248,7 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
         }
         with atomic_dir(work / "shards" / f"{i:05d}") as tmp:
             datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp))
+            maybe_die("data_shard")
             atomic_write_json(
                 tmp / "stats.json",
                 {
@@ -196,12 +268,13 @@ def _write_shards(work: Path, plan: dict[str, Any], rollout: Rollout, seed: int)
     )
 
 
-def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
+def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any], timeout_s: float) -> None:
     """Join the shards into train/eval, write the metadata, then the COMPLETE marker last."""
     parts, stats, writers = [], Counter(), Counter()
     for i in _shard_ids(plan):
         shard = work / "shards" / f"{i:05d}"
-        _wait_for(shard, f"shard {i} from rank {i % _rank_world()[1]}")
+        peer = i % _rank_world()[1]
+        _wait_for(shard, f"shard {i} from rank {peer}", work, peer, timeout_s)
         parts.append(datasets.load_from_disk(str(shard)))
         shard_stats = json.loads((shard / "stats.json").read_text())
         writers[str(shard_stats.pop("rank", 0))] += 1
@@ -219,6 +292,7 @@ def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
     )
     with atomic_dir(work / "dataset") as tmp:
         splits.save_to_disk(str(tmp))
+    maybe_die("data_assemble")
     meta = {
         **meta,
         "num_samples": {k: len(v) for k, v in splits.items()},
@@ -229,11 +303,8 @@ def _assemble(work: Path, plan: dict[str, Any], meta: dict[str, Any]) -> None:
     }
     atomic_write_json(work / "meta.json", meta)
     atomic_write_text(work / COMPLETE, "ok\n")
-    for i in _shard_ids(plan):  # the dataset holds everything now; shards only served resumption
-        for f in sorted((work / "shards" / f"{i:05d}").rglob("*"), reverse=True):
-            f.rmdir() if f.is_dir() else f.unlink()
-        (work / "shards" / f"{i:05d}").rmdir()
-    (work / "shards").rmdir()
+    # The dataset holds everything now; shards only served resumption (a killed writer's leftovers included).
+    shutil.rmtree(work / "shards", ignore_errors=True)
     if plan["skipped"] or stats["unfinished_turns"]:
         logger.warning(
             "skipped: %s; %d of %d assistant turns hit max_new_tokens",
@@ -259,6 +330,47 @@ def build_dataset(
     if (work / COMPLETE).exists():
         logger.info("reusing the dataset in %s", work)
         return work / "dataset"
+    rank, world = _rank_world()
+    with _heartbeat(work, rank, world, float(cfg.data.wait_timeout_s)), _builder_lock(work, rank):
+        if (work / COMPLETE).exists():  # another job built it while this one waited
+            logger.info("reusing the dataset in %s, built by another job", work)
+            return work / "dataset"
+        _build(cfg, work, meta, target, tokenizer)
+    return work / "dataset"
+
+
+@contextlib.contextmanager
+def _builder_lock(work: Path, rank: int) -> Iterator[None]:
+    """One job builds a dataset folder at a time: rank 0 holds ``.<folder>.lock`` beside it from the plan to
+    ``COMPLETE``; a second job's rank 0 waits for it, then reuses the result. (Other ranks only follow rank 0's
+    commits.) The lock is the kernel's (flock), so a killed holder releases it; the cache filesystem must
+    support it, as local disks, NFSv4 and Lustre mounted with ``flock`` do."""
+    if rank != 0:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    work.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(work.parent / f".{work.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("another job is building %s (it holds %s): waiting for it", work, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build(
+    cfg: DictConfig,
+    work: Path,
+    meta: dict[str, Any],
+    target: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Plan, generate this rank's shards, and (rank 0) assemble; resumes whatever an earlier run committed."""
     d = cfg.data
     rollout = Rollout(
         target,
@@ -268,12 +380,13 @@ def build_dataset(
         max_turns=int(d.max_assistant_turns),
     )
     rank, _ = _rank_world()
+    timeout_s = float(d.wait_timeout_s)
     plan_file = work / "prompts.json"
     if not plan_file.exists():
         if rank == 0:
             atomic_write_json(plan_file, make_plan(cfg, rollout, target, tokenizer))
         else:
-            _wait_for(plan_file, "the prompt plan from rank 0")
+            _wait_for(plan_file, "the prompt plan from rank 0", work, 0, timeout_s)
     plan = json.loads(plan_file.read_text())
     logger.info(
         "dataset %s: %d conversations, %d shards",
@@ -283,10 +396,9 @@ def build_dataset(
     )
     _write_shards(work, plan, rollout, int(cfg.seed))
     if rank == 0:
-        _assemble(work, plan, meta)
+        _assemble(work, plan, meta, timeout_s)
     else:
-        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset")
-    return work / "dataset"
+        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset", work, 0, timeout_s)
 
 
 def load_splits(path: str | Path) -> datasets.DatasetDict:

@@ -8,6 +8,21 @@ from hydra.core.config_store import ConfigStore
 
 from selfspec.config import JobConf, register_core
 
+SYSTEM_PROMPTS = (
+    "",
+    "You are a coding assistant. Users ask you to write, explain, debug or review code in Python, "
+    "JavaScript, SQL, C++ and shell.",
+    "You are a math tutor. Users ask you arithmetic, algebra, geometry, probability and word problems "
+    "to solve step by step.",
+    "You are a writing assistant. Users ask you for emails, stories, poems, summaries, essays and rewrites.",
+    "You are a science teacher. Users ask you about physics, chemistry, biology, astronomy and the earth.",
+    "You are a knowledgeable guide. Users ask you about history, geography, cultures, art and economics.",
+    "You are a practical advisor. Users ask you how to do everyday things: cooking, health, money, travel, "
+    "work and study.",
+    "You are a reasoning assistant. Users give you puzzles, logic questions, comparisons and decisions to "
+    "think through.",
+)
+
 
 @dataclass
 class MagpieConf:
@@ -23,6 +38,12 @@ class MagpieConf:
     min_chars: int = 12
     max_chars: int = 600
     max_attempts_factor: int = 8  # at most factor * num_prompts candidates are sampled
+    # Steering system messages, drawn in turn: Magpie asks for prompts of several kinds (code, math, writing,
+    # ...) this way; the kept prompts are answered without them. "" stands for the template's default.
+    system_prompts: list[str] = field(default_factory=lambda: list(SYSTEM_PROMPTS))
+    near_duplicate_jaccard: float = (
+        0.6  # word 3-gram Jaccard at which a prompt is a near duplicate (> 1: off)
+    )
     # When too few candidates pass the filters (e.g. a random test model writing junk bytes), fill the rest
     # with sanitised, unfinished candidates and warn, instead of failing; false makes that an error.
     relax_on_shortfall: bool = True
@@ -34,14 +55,17 @@ class DataConf:
     path: str | None = None  # file for jsonl/parquet, dataset id for hub
     hub_split: str = "train"
     num_prompts: int = 64  # conversations in the dataset; for file/hub sources an upper bound (<= 0: all)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 32  # continuous-batching slots
     max_assistant_turns: int = 4  # multi-turn sources: assistant turns regenerated per conversation
     eval_fraction: float = 0.1
-    shard_size: int = 64  # conversations per atomically committed shard (the unit of resumption)
+    shard_size: int = 256  # conversations per atomically committed shard (the unit of resumption)
     cache_dir: str | None = None  # default: $SELFSPEC_HOME/datasets
+    # Ranks wait for each other's commits in cache_dir; after this long without a sign of life from the rank
+    # they wait for, they stop with an error (cache_dir not shared between nodes) instead of hanging.
+    wait_timeout_s: float = 600.0
     magpie: MagpieConf = field(default_factory=MagpieConf)
 
 

@@ -11,11 +11,12 @@ import logging
 import re
 import unicodedata
 from collections import Counter
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfspec.data.config import MagpieConf
-from selfspec.data.rollout import Sampling, generate_batch, stop_token_ids
+from selfspec.data.rollout import stop_token_ids
 from selfspec.utils import SelfspecError
 
 logger = logging.getLogger(__name__)
@@ -23,9 +24,14 @@ logger = logging.getLogger(__name__)
 _SENTINEL = "@@SELFSPEC_USER@@"
 
 
-def user_prefix(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
-    """The template text before a user message (system turn included) and the text right after it."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False)
+def user_prefix(tokenizer: PreTrainedTokenizerBase, system: str | None = None) -> tuple[str, str]:
+    """The template text before a user message (system turn included) and the text right after it.
+
+    ``system``: a steering system message (Magpie's way to ask for prompts of one kind); None keeps the
+    template's own default system turn, if any.
+    """
+    messages = [{"role": "system", "content": system}] if system else []
+    text = tokenizer.apply_chat_template(messages + [{"role": "user", "content": _SENTINEL}], tokenize=False)
     head, sep, tail = text.partition(_SENTINEL)
     if not sep:
         raise SelfspecError(
@@ -51,44 +57,87 @@ def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+class NearDuplicates:
+    """Near-duplicate test by word 3-gram Jaccard similarity, indexed by shingle so each test stays cheap.
+
+    A prompt whose 3-gram set overlaps a kept prompt's by ``threshold`` or more (Jaccard) is a near
+    duplicate; prompts of under three words compare by their normalised text only.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.sets: list[frozenset[tuple[str, ...]]] = []
+        self.index: dict[tuple[str, ...], list[int]] = {}
+
+    @staticmethod
+    def shingles(text: str) -> frozenset[tuple[str, ...]]:
+        words = re.findall(r"\w+", text.lower())
+        return frozenset(zip(words, words[1:], words[2:], strict=False)) or frozenset({tuple(words)})
+
+    def seen(self, text: str) -> bool:
+        if self.threshold > 1:
+            return False
+        s = self.shingles(text)
+        candidates = {i for g in s for i in self.index.get(g, ())}
+        return any(len(s & self.sets[i]) / len(s | self.sets[i]) >= self.threshold for i in candidates)
+
+    def add(self, text: str) -> None:
+        s = self.shingles(text)
+        for g in s:
+            self.index.setdefault(g, []).append(len(self.sets))
+        self.sets.append(s)
+
+
 def self_prompts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     num_prompts: int,
     cfg: MagpieConf,
-    batch_size: int,
+    engine: Any,
 ) -> tuple[list[str], Counter]:
     """Sample user messages from the target until ``num_prompts`` pass the filters (seed the RNG first).
 
-    Returns the prompts and the rejection counts. At most ``max_attempts_factor * num_prompts`` candidates
-    are drawn, fewer when the acceptance rate so far cannot reach ``num_prompts`` within that budget; a shortfall is filled from rejected-but-usable candidates when ``relax_on_shortfall`` is set
-    (a random test model writes junk bytes), otherwise it is an error.
+    Candidates are drawn in rounds through ``engine`` (continuous batching), spread evenly over the steering
+    system messages ``cfg.system_prompts`` (an empty string stands for the template's default). Returns the
+    prompts and the rejection counts. At most ``max_attempts_factor * num_prompts`` candidates are drawn,
+    fewer when the acceptance rate so far cannot reach ``num_prompts`` within that budget; a shortfall is
+    filled from rejected-but-usable candidates when ``relax_on_shortfall`` is set (a random test model writes
+    junk bytes), otherwise it is an error.
     """
-    head, tail = user_prefix(tokenizer)
-    prefix = tokenizer(head, add_special_tokens=False)["input_ids"]
+    prefixes = []
     stops = set(stop_token_ids(model, tokenizer))
-    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-    if tail_ids and tail_ids[0] in tokenizer.all_special_ids:
-        stops.add(tail_ids[0])  # the template's own end of the user turn
-    sampling = Sampling(max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    for system in list(cfg.system_prompts) or [""]:
+        head, tail = user_prefix(tokenizer, system or None)
+        prefixes.append(tokenizer(head, add_special_tokens=False)["input_ids"])
+        tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        if tail_ids and tail_ids[0] in tokenizer.all_special_ids:
+            stops.add(tail_ids[0])  # the template's own end of the user turn
+    return _draw(tokenizer, prefixes, sorted(stops), num_prompts, cfg, engine)
+
+
+def _draw(tokenizer, prefixes, stops, num_prompts, cfg, engine) -> tuple[list[str], Counter]:
     kept: list[str] = []
     spare: list[str] = []  # unfinished or unprintable but non-empty, cleaned: used only on a shortfall
-    seen: set[str] = set()
+    near = NearDuplicates(cfg.near_duplicate_jaccard)
     rejected: Counter = Counter()
     budget = max(1, cfg.max_attempts_factor) * num_prompts
     drawn = 0
     while len(kept) < num_prompts and drawn < budget:
-        n = min(batch_size, budget - drawn)
+        rate = (len(kept) + 1) / (drawn + 1)  # acceptance so far: ask for enough to finish in one round
+        n = min(budget - drawn, max(len(prefixes), round((num_prompts - len(kept)) / max(rate, 0.2))))
+        batch = [prefixes[(drawn + i) % len(prefixes)] for i in range(n)]
         drawn += n
-        for new, stopped in generate_batch(model, tokenizer, [prefix] * n, sampling, sorted(stops)):
+        for new, stopped in engine.generate(
+            batch, cfg.max_tokens, cfg.temperature, cfg.top_p, stop_ids=stops
+        ):
             text, dropped = clean(tokenizer.decode(new, skip_special_tokens=True))
-            reason = _reject(text, dropped, stopped, cfg, seen)
+            reason = _reject(text, dropped, stopped, cfg, near)
             if reason is None:
                 kept.append(text)
-                seen.add(_key(text))
+                near.add(text)
             else:
                 rejected[reason] += 1
-                if text and _key(text) not in seen and reason != "duplicate":
+                if text and reason != "near duplicate":
                     spare.append(text[: cfg.max_chars])
         logger.info("self prompts: %d/%d kept after %d candidates", len(kept), num_prompts, drawn)
         hopeless = (len(kept) + 0.5) / drawn * budget < num_prompts  # this rate cannot fill the budget
@@ -99,7 +148,7 @@ def self_prompts(
     return kept[:num_prompts], rejected
 
 
-def _reject(text: str, dropped: int, stopped: bool, cfg: MagpieConf, seen: set[str]) -> str | None:
+def _reject(text: str, dropped: int, stopped: bool, cfg: MagpieConf, near: NearDuplicates) -> str | None:
     if not text:
         return "empty"
     if not stopped:
@@ -110,8 +159,8 @@ def _reject(text: str, dropped: int, stopped: bool, cfg: MagpieConf, seen: set[s
         return "too short"
     if len(text) > cfg.max_chars:
         return "too long"
-    if _key(text) in seen:
-        return "duplicate"
+    if near.seen(text):
+        return "near duplicate"
     return None
 
 

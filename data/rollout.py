@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -118,7 +119,8 @@ def template_pieces(tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> l
 
 
 class Rollout:
-    """Turn-by-turn batched generation over many conversations; ``on_batch(turns, tokens)`` reports progress."""
+    """Turn-by-turn generation over many conversations through an engine (``HFEngine`` by default);
+    ``on_batch(turns, tokens)`` reports progress as answers complete."""
 
     def __init__(
         self,
@@ -128,12 +130,18 @@ class Rollout:
         batch_size: int,
         max_turns: int,
         on_batch: Callable[[int, int], None] | None = None,
+        engine: Any = None,
     ):
         self.model, self.tok, self.sampling = model, tokenizer, sampling
         self.batch_size, self.max_turns, self.on_batch = batch_size, max_turns, on_batch
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.stop_texts = {i: tokenizer.decode([i]) for i in self.stop_ids}
         self.max_ctx = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        if engine is None:
+            from selfspec.data.engine_hf import HFEngine
+
+            engine = HFEngine(model, self.stop_ids, pad_id(tokenizer), slots=batch_size)
+        self.engine = engine
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -174,18 +182,20 @@ class Rollout:
         return samples
 
     def _generate(self, todo: list[int], samples: list[Sample], last_stop: list[int | None]) -> None:
-        todo = sorted(todo, key=lambda i: len(samples[i].input_ids))  # similar lengths: less padding
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            outs = generate_batch(
-                self.model, self.tok, [samples[i].input_ids for i in batch], self.sampling, self.stop_ids
-            )
-            for i, (new, stopped) in zip(batch, outs, strict=True):
-                s = samples[i]
-                s.input_ids = s.input_ids + new
-                s.loss_mask = s.loss_mask + [1] * len(new)
-                s.turns += 1
-                s.unfinished += not stopped
-                last_stop[i] = new[-1] if stopped else None
+        """Answer the pending turn of every conversation in ``todo`` (one engine call: its batching)."""
+
+        def done(_: int, out: tuple[list[int], bool]) -> None:
             if self.on_batch:
-                self.on_batch(len(batch), sum(len(o[0]) for o in outs))
+                self.on_batch(1, len(out[0]))
+
+        s = self.sampling
+        outs = self.engine.generate(
+            [samples[i].input_ids for i in todo], s.max_new_tokens, s.temperature, s.top_p, on_done=done
+        )
+        for i, (new, stopped) in zip(todo, outs, strict=True):
+            smp = samples[i]
+            smp.input_ids = smp.input_ids + new
+            smp.loss_mask = smp.loss_mask + [1] * len(new)
+            smp.turns += 1
+            smp.unfinished += not stopped
+            last_stop[i] = new[-1] if stopped else None

@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from selfspec.decode.kv import KVState
-from selfspec.decode.propose import CachedProposer, MedusaProposer
+from selfspec.decode.plan import TreeChoice
+from selfspec.decode.propose import CachedProposer, MedusaProposer, NullProposer
 from selfspec.decode.propose_dflash import DFlashProposer
 from selfspec.decode.tree import COMPACT_CHOICES, DraftTree, ancestor_mask
 from selfspec.decode.verify import Acceptance, greedy_accept, sample_accept, warp_probs
 from selfspec.heads.features import target_forward
+from selfspec.sampling import sample
 from selfspec.utils import SelfspecError
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,15 @@ class SpeculativeDecoder:
     ``tree=False`` (shorthand for ``topk=1``), ``medusa_choices`` (Medusa paths of top-k choice indices).
     """
 
-    def __init__(self, target: nn.Module, drafter: nn.Module, tokenizer: Any = None, **options: Any) -> None:
+    def __init__(
+        self, target: nn.Module, drafter: nn.Module | None, tokenizer: Any = None, **options: Any
+    ) -> None:
         self.target, self.drafter, self.tokenizer = target, drafter, tokenizer
-        self.kind = getattr(drafter, "drafter_type", "") or "draft_model"
-        _check_fit(target, drafter, self.kind)
+        if drafter is None:  # the target alone, through this loop (what a speculative step is compared with)
+            self.kind = "none"
+        else:
+            self.kind = getattr(drafter, "drafter_type", "") or "draft_model"
+            _check_fit(target, drafter, self.kind)
         unknown = set(options) - {"depth", "topk", "total_tokens", "tree", "medusa_choices"}
         if unknown:
             raise SelfspecError(
@@ -77,6 +84,7 @@ class SpeculativeDecoder:
                 "tree, medusa_choices"
             )
         self.options = options
+        self._choice: TreeChoice | None = None
         gen_cfg = getattr(target, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
@@ -101,23 +109,55 @@ class SpeculativeDecoder:
         drafter = load_drafter(drafter_path, target, tokenizer=tokenizer)
         return cls(target, drafter, tokenizer=tokenizer, **options)
 
+    # -- the tree ------------------------------------------------------------------------------------------
+
+    def tree_choice(self) -> TreeChoice:
+        """The tree this decoder drafts: the user's (``depth/topk/total_tokens/medusa_choices``, ``tree=``)
+        or, by default (``tree="auto"``), the one the measured costs and the drafter's acceptance statistics
+        say is fastest here (``decode/plan.py``); measured once per machine and cached."""
+        if self._choice is None:
+            from selfspec.decode.measure import choose_tree
+
+            self._choice = (
+                TreeChoice(0, 1, 1, source="no drafter") if self.drafter is None else choose_tree(self)
+            )
+        return self._choice
+
     def _proposer(self):
+        choice = self.tree_choice()
+        if choice.depth == 0:
+            return NullProposer()
+        if self.kind == "medusa":
+            return MedusaProposer(self.drafter, choice.paths)
+        if self.kind == "dflash":
+            return DFlashProposer(self.drafter, choice.depth, choice.topk, choice.total_tokens)
+        drafter = self.drafter if hasattr(self.drafter, "drafter_type") else _PlainDraft(self.drafter)
+        return CachedProposer(drafter, self.kind, choice.depth, choice.topk, choice.total_tokens)
+
+    def fixed_choice(self, default: bool = False) -> TreeChoice | None:
+        """The tree the options force, or None when the cost model decides (``tree`` unset or ``"auto"``);
+        ``default``: the family's default tree where the options force nothing."""
         o = self.options
-        depth, topk, total = DEFAULTS[self.kind]
+        explicit = any(o.get(k) is not None for k in ("depth", "topk", "total_tokens", "medusa_choices"))
+        if not explicit and o.get("tree") in (None, "auto") and not default:
+            return None
         if self.kind == "medusa":
             choices = o.get("medusa_choices") or COMPACT_CHOICES
             if o.get("tree") is False:
                 choices = [(0,) * d for d in range(1, self.drafter.config.num_heads + 1)]
-            return MedusaProposer(self.drafter, choices)
+            choices = [tuple(c) for c in choices if len(c) <= self.drafter.config.num_heads]
+            depth = max(len(c) for c in choices)
+            return TreeChoice(depth, 0, len(choices) + 1, choices, source="fixed")
         if self.kind == "dflash":
-            return DFlashProposer.from_options(self.drafter, o)
+            d = DFlashProposer.from_options(self.drafter, o)
+            return TreeChoice(d.depth, d.topk, d.total, source="fixed")
+        depth, topk, total = DEFAULTS[self.kind]
         topk = 1 if o.get("tree") is False else o.get("topk") or topk
         if o.get("tree") is True and topk == 1:
             topk = 4
         depth = o.get("depth") or depth
-        total = o.get("total_tokens") or max(total, depth + 1)
-        drafter = self.drafter if hasattr(self.drafter, "drafter_type") else _PlainDraft(self.drafter)
-        return CachedProposer(drafter, self.kind, depth, topk, total)
+        total = depth + 1 if topk == 1 else o.get("total_tokens") or max(total, depth + 1)
+        return TreeChoice(depth, topk, total, source="fixed")
 
     @torch.no_grad()
     def generate(
@@ -158,7 +198,7 @@ class _Run:
     """State of one ``generate`` call: target cache, proposer, output buffer, per-row progress."""
 
     def __init__(self, dec, input_ids, attention_mask=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None) -> None:  # fmt: skip
+                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None, proposer=None) -> None:  # fmt: skip
         self.dec = dec
         eos_ids = dec.eos_ids if eos_token_id is None else _as_list(eos_token_id)
         self.pad_id = dec.pad_id if pad_token_id is None else pad_token_id
@@ -174,12 +214,13 @@ class _Run:
         if seed is not None:
             self.gen = torch.Generator(device=dev)
             self.gen.manual_seed(seed)
-        self.proposer = dec._proposer()
+        self.proposer = proposer or dec._proposer()
         self.layers = self.proposer.feature_layers()
         self.out = torch.full((b, p + max_new_tokens + 128), self.pad_id, dtype=torch.long, device=dev)
         self.out[:, :p] = self.ids
         self.n_out = torch.zeros(b, dtype=torch.long, device=dev)
         self.done = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.all_done = False  # self.done on the host, read with the step's one transfer
         self.eos = torch.tensor(eos_ids or [-1], device=dev)
         self.stats = DecodeStats()
         self.tok_sum = torch.zeros((), device=dev)
@@ -190,15 +231,17 @@ class _Run:
     def steps(self) -> Iterator[list[list[int]]]:
         if self.max_new <= 0:
             return
-        yield self._emit(self._prefill()[:, None], torch.ones_like(self.n_out))
-        while not bool(self.done.all()):
+        first = self._prefill()
+        new, _ = self._emit(first[:, None], torch.ones_like(self.n_out), torch.zeros_like(self.n_out))
+        yield new
+        while not self.all_done:
             tree = self.proposer.draft(self.root, self.root_pos, self.warp, self.gen)
             acc, hidden = self._verify(tree)
             emitted = _emitted(tree, acc)  # (B, D+1)
             was_done = self.done.clone()
-            new = self._emit(emitted, acc.n_accepted + 1)
+            new, acc.n_host = self._emit(emitted, acc.n_accepted + 1, acc.n_accepted)  # the step's one sync
             self._count(acc, ~was_done)
-            self.kv.commit(acc.path.clamp(min=0), acc.n_accepted + 1)
+            self.kv.commit(acc.path.clamp(min=0), acc.n_accepted + 1, [n + 1 for n in acc.n_host])
             self.proposer.update(acc, tree, hidden, self.root_pos)
             self.root = acc.bonus
             self.root_pos = self.root_pos + acc.n_accepted + 1
@@ -211,20 +254,23 @@ class _Run:
         pos = (self.mask.long().cumsum(-1) - 1).clamp(min=0)  # as HF does for left padding
         causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
         new = (causal & self.mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)  # pads see self
-        self.kv = KVState.empty(b, dev)
-        out = target_forward(self.dec.target, self.ids, self.kv.mask(new), pos, self.kv.cache, self.layers)
+        target = self.dec.target
+        capacity = p + self.max_new + self.proposer.tree_size + 2  # committed tokens + one pending tree
+        self.kv = KVState.empty(b, dev, target.config.get_text_config().num_hidden_layers, capacity)
+        out = target_forward(
+            target, self.ids, self.kv.mask(new), pos, self.kv.cache, self.layers, logits_to_keep=1
+        )
         self.kv.start(self.mask)
         self.stats.target_forwards += 1
-        last = out.logits[:, -1]  # (B, V)
-        first = self._pick(last)
-        self.proposer.start(self.ids, self.mask, pos, out.hidden, first)
+        first = self._pick(out.logits[:, -1])  # (B,)
+        self.proposer.start(self.ids, self.mask, pos, out.hidden, first, max_len=capacity)
         self.root, self.root_pos = first, pos[:, -1] + 1
         return first
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.sampling:
             return logits.argmax(-1)
-        return torch.multinomial(self.warp(logits), 1, generator=self.gen)[:, 0]
+        return sample(self.warp(logits), self.gen)
 
     def _verify(self, tree: DraftTree) -> tuple[Acceptance, tuple[torch.Tensor, ...]]:
         anc = ancestor_mask(tree.parents, tree.depth)  # (B, N, N)
@@ -238,8 +284,13 @@ class _Run:
             acc = greedy_accept(tree, out.logits, width)
         return acc, out.hidden
 
-    def _emit(self, emitted: torch.Tensor, count: torch.Tensor) -> list[list[int]]:
-        """Append ``emitted[b, :count[b]]`` to each unfinished row, cut at EOS and at ``max_new_tokens``."""
+    def _emit(
+        self, emitted: torch.Tensor, count: torch.Tensor, accepted: torch.Tensor
+    ) -> tuple[list[list[int]], list[int]]:
+        """Append ``emitted[b, :count[b]]`` to each unfinished row, cut at EOS and at ``max_new_tokens``.
+
+        Returns the new tokens per row and ``accepted`` (B,) on the host: everything the step needs on the
+        host comes back in this one transfer (one device sync per step on a GPU)."""
         b, e = emitted.shape
         j = torch.arange(e, device=emitted.device)[None]
         is_eos = torch.isin(emitted, self.eos) & (j < count[:, None])
@@ -251,7 +302,10 @@ class _Run:
         self.n_out += n
         self.done |= (is_eos & keep).any(-1) | (self.n_out >= self.max_new)
         self.stats.steps += 1
-        return [row[:k] for row, k in zip(emitted.tolist(), n.tolist(), strict=True)]
+        host = torch.cat([n, accepted, self.done.long(), emitted.reshape(-1)]).tolist()
+        n_h, acc_h, done_h, flat = host[:b], host[b : 2 * b], host[2 * b : 3 * b], host[3 * b :]
+        self.all_done = all(done_h)
+        return [flat[i * e : i * e + k] for i, k in enumerate(n_h)], acc_h
 
     def _count(self, acc: Acceptance, live: torch.Tensor) -> None:
         d = acc.offered.shape[1]
@@ -286,9 +340,8 @@ def _emitted(tree: DraftTree, acc: Acceptance) -> torch.Tensor:
 
 
 def _width(tree: DraftTree, proposer) -> int:
-    if isinstance(proposer, MedusaProposer):
-        return int(torch.bincount(proposer.parents[1:]).max())
-    return proposer.topk
+    """The most children any node of the proposer's trees can have (static trees: computed once)."""
+    return getattr(proposer, "width", proposer.topk)
 
 
 class _PlainDraft(nn.Module):

@@ -1,81 +1,83 @@
-"""KV caches with per-row lengths: commit exactly the accepted path, crop the rest.
+"""KV caches with per-row lengths: commit exactly the accepted path, in place.
 
-Rows of a batch accept different numbers of tokens per step, so one shared ``DynamicCache`` holds, for row b,
-its committed keys in slots ``[0, length[b])`` (left-padding slots inside are masked by ``valid``) and garbage
-beyond ``length[b]``, which ``valid`` masks too. Every forward appends its ``T`` new slots after the longest
-row; ``commit`` then gathers the kept new slots of each row to ``length[b] ...`` (contiguous, in order) and
-crops the cache to the new longest row. Positions are tracked by the caller per row, never from slot indices.
+Rows of a batch accept different numbers of tokens per step. Each row b keeps its committed keys in positions
+``[0, length[b])`` of a preallocated ``SlotCache`` (left-padding positions inside are masked by ``valid``).
+A forward writes its ``T`` new entries right after the row's committed ones and any entries still *pending*
+(written by earlier forwards of the same step, e.g. the levels of a draft tree); ``commit`` moves the pending
+entries a row keeps to ``length[b] ...`` (contiguous, in order) and drops the rest, touching only those
+positions. Positions (rotary) are tracked by the caller per row, never from slot indices.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from transformers import DynamicCache
+
+from selfspec.slots import SlotCache
 
 
-@dataclass
 class KVState:
-    """A DynamicCache plus which of its slots each row may attend to."""
+    """A ``SlotCache`` plus which of its positions each row may attend to."""
 
-    cache: DynamicCache
-    valid: torch.Tensor  # (B, S) bool: slot s holds a committed key of row b
-    length: torch.Tensor  # (B,) long: slots in use by row b
+    def __init__(self, cache: SlotCache, batch: int, device: torch.device | str) -> None:
+        self.cache = cache
+        self.valid = torch.zeros(
+            batch, cache.max_len, dtype=torch.bool, device=device
+        )  # committed, attendable
+        self.length = torch.zeros(batch, dtype=torch.long, device=device)  # committed positions per row
+        self.host_length = [0] * batch  # the same on the host: sizing a forward needs no device sync
+        self.pending = 0  # entries written after ``length`` since the last commit
 
     @classmethod
-    def empty(cls, batch: int, device: torch.device | str) -> KVState:
-        return cls(
-            DynamicCache(),
-            torch.zeros(batch, 0, dtype=torch.bool, device=device),
-            torch.zeros(batch, dtype=torch.long, device=device),
-        )
+    def empty(
+        cls, batch: int, device: torch.device | str, num_layers: int = 1, max_len: int = 4096
+    ) -> KVState:
+        return cls(SlotCache(num_layers, batch, max_len), batch, device)
 
-    @property
-    def slots(self) -> int:
-        return self.valid.shape[1]
+    def mask(self, new: torch.Tensor, written: int | None = None) -> torch.Tensor:
+        """Plan a forward that writes ``written`` new entries (default: one per query) and return its 4D bool
+        mask (B, 1, T, kv_len) for its ``T`` queries, True = attend.
 
-    def mask(self, new: torch.Tensor) -> torch.Tensor:
-        """4D bool attention mask (B, 1, T, S + T) for ``T`` new tokens whose mutual mask is ``new`` (B, T, T)."""
-        b, t, _ = new.shape
-        cached = self.valid[:, None, :].expand(b, t, self.slots)  # (B, T, S)
-        return torch.cat([cached, new], dim=-1)[:, None]
-
-    def commit(self, keep: torch.Tensor, n_keep: torch.Tensor) -> None:
-        """Keep, per row, the new slots ``keep[b, :n_keep[b]]`` (indices into the last forward's ``T`` slots).
-
-        Must follow exactly one forward that appended ``T`` slots to ``cache`` (so the cache holds
-        ``slots + T`` keys). Gathers the kept keys/values of every layer to ``length[b] + j`` and crops.
+        ``new`` (B, T, P + written): which of the pending entries (the ``P`` written since the last commit, then
+        the new ones) each query attends to; every query also attends to its row's committed keys. A query-less
+        entry (DFlash's context features: keys and values only) is written but asks nothing.
         """
-        s0 = self.slots
-        total = _cache_len(self.cache)
-        new_len = self.length + n_keep  # (B,)
-        s_new = int(new_len.max())  # one host sync per step: the new cache size
-        s = torch.arange(s_new, device=keep.device)[None, :]  # (1, S')
-        j = s - self.length[:, None]  # (B, S') index into the kept list
-        is_new = (j >= 0) & (j < n_keep[:, None])
-        kept = keep.gather(1, j.clamp(0, keep.shape[1] - 1))  # (B, S')
-        src = torch.where(is_new, s0 + kept, s.clamp(max=total - 1))  # (B, S') source slot
-        for layer in self.cache.layers:
-            idx = src[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-            layer.keys = layer.keys.gather(2, idx)
-            layer.values = layer.values.gather(2, idx)
-        old = torch.nn.functional.pad(self.valid, (0, max(0, s_new - s0)))[:, :s_new]
-        self.valid = torch.where(is_new, True, old & (s < self.length[:, None]))
-        self.length = new_len
+        b, t, f = new.shape
+        w = t if written is None else written
+        if f != self.pending + w:
+            raise ValueError(f"mask over {f} entries, but {self.pending} are pending and {w} new")
+        dev = new.device
+        write = self.length[:, None] + self.pending + torch.arange(w, device=dev)  # (B, W)
+        kv_len = max(self.host_length) + f  # the attended width
+        self.cache.plan(write, kv_len)
+        rel = torch.arange(kv_len, device=dev)[None, :] - self.length[:, None]  # (B, K) key - row length
+        committed = self.valid[:, :kv_len] & (rel < 0)
+        in_new = (rel >= 0) & (rel < f)
+        pend = new.gather(2, rel.clamp(0, f - 1)[:, None, :].expand(b, t, kv_len)) & in_new[:, None]
+        self.pending = f
+        return (committed[:, None, :] | pend)[:, None]
+
+    def commit(self, keep: torch.Tensor, n_keep: torch.Tensor, n_host: list[int] | None = None) -> None:
+        """Keep, per row, the pending entries ``keep[b, :n_keep[b]]`` (indices among the pending entries), in
+        that order, as committed keys; the other pending entries are dropped. ``n_host``: ``n_keep`` already
+        on the host (the decoder reads it once per step); without it, it is read here."""
+        j = torch.arange(keep.shape[1], device=keep.device)[None]  # (1, K)
+        dst = self.length[:, None] + j
+        used = j < n_keep[:, None]
+        self.cache.move(torch.where(used, self.length[:, None] + keep, dst), dst)
+        self.valid.scatter_(1, dst, self.valid.gather(1, dst) | used)
+        self.length = self.length + n_keep
+        n_host = n_keep.tolist() if n_host is None else n_host
+        self.host_length = [a + b for a, b in zip(self.host_length, n_host, strict=True)]
+        self.pending = 0
 
     def start(self, valid: torch.Tensor) -> None:
-        """After a prefill forward of ``T`` slots: row b's keys are the slots where ``valid`` (B, T) is True."""
-        self.valid = valid.bool()
+        """After a prefill forward of ``T`` entries: row b's keys are the positions where ``valid`` (B, T) is
+        True (left padding is not)."""
+        self.valid[:, : valid.shape[1]] = valid.bool()
         self.length = torch.full_like(self.length, valid.shape[1])
+        self.host_length = [valid.shape[1]] * valid.shape[0]
+        self.pending = 0
 
     def rollback(self) -> None:
-        """Drop the slots appended since the last commit (speculative drafter entries)."""
-        s0 = self.slots
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[:, :, :s0]
-            layer.values = layer.values[:, :, :s0]
-
-
-def _cache_len(cache: DynamicCache) -> int:
-    return cache.layers[0].keys.shape[-2] if cache.layers else 0
+        """Drop the pending entries (speculative drafter entries): later forwards write over them."""
+        self.pending = 0

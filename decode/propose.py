@@ -24,6 +24,7 @@ import torch
 from selfspec.decode.kv import KVState
 from selfspec.decode.tree import DraftTree, select_best_nodes, static_tree
 from selfspec.decode.verify import Acceptance
+from selfspec.sampling import sample as draw
 
 Warp = Callable[[torch.Tensor], torch.Tensor]  # logits (..., V) -> probs (..., V)
 
@@ -36,6 +37,26 @@ class Segment:
     positions: torch.Tensor  # (B, A) long
     valid: torch.Tensor  # (B, A) bool
     features: torch.Tensor | None = None  # (B, A, F) target features at t (EAGLE) or None
+    n_host: list[int] | None = None  # valid entries per row, on the host when the decoder knows them
+
+
+class NullProposer:
+    """No speculation: the tree is the root alone, so each step is one plain target forward (the cost model
+    picks this when no tree pays on this hardware)."""
+
+    topk, depth, tree_size = 1, 0, 1
+
+    def feature_layers(self) -> list[int]:
+        return []
+
+    def start(self, ids, valid, positions, feats, first, max_len: int = 0) -> None:
+        pass
+
+    def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
+        return DraftTree(root[:, None], torch.full_like(root[:, None], -1), 0)
+
+    def update(self, acc: Acceptance, tree: DraftTree, feats, root_pos) -> None:
+        pass
 
 
 class MedusaProposer:
@@ -47,12 +68,14 @@ class MedusaProposer:
         choices = [c for c in choices if len(c) <= k]
         self.parents, self.depths, self.picks, self.depth = static_tree(choices)
         self.topk = int(self.picks.max()) + 1
+        self.width = int(torch.bincount(self.parents[1:]).max()) if len(self.parents) > 1 else 1
         self.last_hidden: torch.Tensor | None = None  # (B, H) target final state at the last committed node
+        self.tree_size = len(self.parents)
 
     def feature_layers(self) -> list[int]:
         return self.medusa.feature_layers()
 
-    def start(self, ids, valid, positions, feats, first) -> None:
+    def start(self, ids, valid, positions, feats, first, max_len: int = 0) -> None:
         self.last_hidden = feats[0][:, -1]
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
@@ -78,6 +101,7 @@ class CachedProposer:
         self.drafter, self.kind = drafter, kind
         self.depth, self.topk = depth, topk
         self.total = total_tokens if topk > 1 else depth + 1
+        self.tree_size = self.total
         self.kv: KVState | None = None
         self.seg: Segment | None = None
         self.offset = 1 if kind == "draft_model" else 0  # a draft model's entry sits at its token's position
@@ -104,13 +128,17 @@ class CachedProposer:
         return feats[0]
 
     def _to_target(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.drafter.draft_to_target(ids) if self.kind == "eagle3" else ids
+        to_target = getattr(self.drafter, "draft_to_target", None)  # EAGLE / EAGLE-3 reduced vocabularies
+        return ids if to_target is None else to_target(ids)
 
     # -- the three calls ---------------------------------------------------------------------------------
 
-    def start(self, ids, valid, positions, feats, first) -> None:
+    def start(self, ids, valid, positions, feats, first, max_len: int = 4096) -> None:
+        """``max_len``: the target's cache capacity; the drafter's holds as many committed entries plus the
+        pending ones of one step (a segment, then the fed tree levels)."""
         b = ids.shape[0]
-        self.kv = KVState.empty(b, ids.device)
+        layers = _num_layers(self.drafter) if self.kind == "draft_model" else 1
+        self.kv = KVState.empty(b, ids.device, layers, max_len + self.depth * (self.topk + 1) + 2)
         ones = torch.ones(b, 1, dtype=torch.bool, device=ids.device)
         if self.kind == "draft_model":  # the whole prompt plus the first token, at their own positions
             toks = torch.cat([ids, first[:, None]], 1)
@@ -131,7 +159,8 @@ class CachedProposer:
         if self.kind != "draft_model":
             f = torch.cat(list(feats), -1)  # (B, N, F)
             feat = f.gather(1, path[..., None].expand(-1, -1, f.shape[-1]))  # (B, D+1, F)
-        self.seg = Segment(nxt, root_pos[:, None] + j + self.offset, j <= n, feat)
+        counts = None if acc.n_host is None else [k + 1 for k in acc.n_host]
+        self.seg = Segment(nxt, root_pos[:, None] + j + self.offset, j <= n, feat, counts)
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
         logits, hidden = self._feed_segment()  # (B, V'), (B, H) at the root's entry
@@ -149,7 +178,7 @@ class CachedProposer:
         logits, out = self._forward(seg.tokens, hidden, seg.positions, kv.mask(new))
         order = torch.arange(a, device=dev)
         keep = torch.where(seg.valid, order, a + order).argsort(-1)  # valid entries first, in order
-        kv.commit(keep, seg.valid.sum(-1))
+        kv.commit(keep, seg.valid.sum(-1), seg.n_host)
         last = (seg.valid.long() * (order + 1)).argmax(-1)  # (B,) the last valid entry = the root's
         rows = torch.arange(b, device=dev)
         return logits[rows, last], (out[rows, last] if out is not None else None)
@@ -177,7 +206,7 @@ class CachedProposer:
             )
             rows = torch.cat([up, eye], -1)  # (B, k, F+k): ancestors (self included) among fed entries
             anc = torch.cat([torch.nn.functional.pad(anc, (0, k)), rows], 1)  # (B, F+k, F+k)
-            mask = torch.cat([self.kv.valid[:, None].expand(b, k, -1), rows], -1)[:, None]
+            mask = self.kv.mask(rows)  # the fed tree entries are the pending ones, in order
             toks = self._to_target(torch.cat(cand_tok, 1).gather(1, front))  # (B, k)
             pos = (root_pos + d - 2 + self.offset)[:, None].expand(b, k)  # fed nodes sit at depth d-1
             lg, out = self._forward(toks, front_h, pos, mask)  # (B, k, V'), (B, k, H)
@@ -210,11 +239,17 @@ class CachedProposer:
         return DraftTree(tokens, parents, self.depth, q)
 
     def _q_to_target(self, q: torch.Tensor) -> torch.Tensor:
-        if self.kind != "eagle3":
+        if getattr(self.drafter, "t2d", None) is None:
             return q
         v = self.drafter.t2d.numel()
         ids = self._to_target(torch.arange(q.shape[-1], device=q.device))
         return torch.zeros(*q.shape[:-1], v, dtype=q.dtype, device=q.device).index_copy_(-1, ids, q)
+
+
+def _num_layers(model: torch.nn.Module) -> int:
+    """Decoder layers of a draft model (a selfspec DraftModel or a plain transformers causal LM)."""
+    inner = getattr(model, "model", model)
+    return int(inner.config.get_text_config().num_hidden_layers)
 
 
 def _children(probs, parent_score, k, sample, gen):
@@ -225,7 +260,7 @@ def _children(probs, parent_score, k, sample, gen):
     """
     b, p, v = probs.shape
     if sample:  # chain: draw from the draft, remember the proposal
-        tok = torch.multinomial(probs.reshape(b * p, v), 1, generator=gen).view(b, p)
+        tok = draw(probs, gen)  # (B, P)
         lp = probs.gather(-1, tok[..., None])[..., 0].clamp(min=1e-30).log()
         q = probs
     else:

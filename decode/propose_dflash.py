@@ -29,6 +29,7 @@ import torch
 from selfspec.decode.kv import KVState
 from selfspec.decode.tree import DraftTree, chain_parents, select_best_nodes
 from selfspec.decode.verify import Acceptance
+from selfspec.sampling import sample
 from selfspec.utils import SelfspecError
 
 Warp = Callable[[torch.Tensor], torch.Tensor]  # logits (..., V) -> probs (..., V)
@@ -42,6 +43,7 @@ class _Context:
     features: torch.Tensor  # (B, C, H) fused target features
     positions: torch.Tensor  # (B, C) long
     valid: torch.Tensor  # (B, C) bool
+    n_host: list[int] | None = None  # valid entries per row, on the host when the decoder knows them
 
 
 class DFlashProposer:
@@ -56,6 +58,7 @@ class DFlashProposer:
             )
         self.drafter, self.depth, self.topk = drafter, depth, max(1, topk)
         self.total = max(2, total_tokens) if self.topk > 1 else depth + 1
+        self.tree_size = self.total
         self.kv: KVState | None = None
         self.pending: _Context | None = None
 
@@ -74,9 +77,11 @@ class DFlashProposer:
 
     # -- the three calls ---------------------------------------------------------------------------------
 
-    def start(self, ids, valid, positions, feats: Sequence[torch.Tensor], first) -> None:
-        """After prefill: the prompt's features are the first context."""
-        self.kv = KVState.empty(ids.shape[0], ids.device)
+    def start(self, ids, valid, positions, feats: Sequence[torch.Tensor], first, max_len: int = 4096) -> None:
+        """After prefill: the prompt's features are the first context. ``max_len``: the target's cache
+        capacity; the drafter's holds as many context entries plus one step's pending ones."""
+        layers = len(self.drafter.layers)
+        self.kv = KVState.empty(ids.shape[0], ids.device, layers, max_len + self.drafter.block_size + 2)
         self.pending = _Context(self.drafter.fuse(torch.cat(list(feats), -1)), positions, valid.bool())
 
     def update(self, acc: Acceptance, tree: DraftTree, feats: Sequence[torch.Tensor], root_pos) -> None:
@@ -85,7 +90,10 @@ class DFlashProposer:
         f = torch.cat(list(feats), -1)  # (B, N, F)
         f = f.gather(1, path[..., None].expand(-1, -1, f.shape[-1]))  # (B, D+1, F)
         j = torch.arange(path.shape[1], device=path.device)[None]  # (1, D+1)
-        self.pending = _Context(self.drafter.fuse(f), root_pos[:, None] + j, j <= acc.n_accepted[:, None])
+        counts = None if acc.n_host is None else [n + 1 for n in acc.n_host]
+        self.pending = _Context(
+            self.drafter.fuse(f), root_pos[:, None] + j, j <= acc.n_accepted[:, None], counts
+        )
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
         logits = self._block_logits(root, root_pos)  # (B, depth, Vd)
@@ -105,11 +113,16 @@ class DFlashProposer:
             [ctx.valid[:, None, :].expand(b, k, c), torch.ones(b, k, k, dtype=torch.bool, device=dev)], -1
         )
         _, logits = self.drafter(
-            ctx.features, ctx.positions, self.drafter.block_ids(root), block_pos, kv.mask(new), kv.cache
+            ctx.features,
+            ctx.positions,
+            self.drafter.block_ids(root),
+            block_pos,
+            kv.mask(new, c + k),
+            kv.cache,
         )  # (B, K, Vd)
         order = torch.arange(c, device=dev)
         keep = torch.where(ctx.valid, order, c + order).argsort(-1)  # valid context entries first, in order
-        kv.commit(keep, ctx.valid.sum(-1))  # the block's entries are dropped with the crop
+        kv.commit(keep, ctx.valid.sum(-1), ctx.n_host)  # the block's pending entries are dropped
         return logits[:, 1 : 1 + self.depth]
 
     def _chain(self, root, logits, warp, gen) -> DraftTree:
@@ -119,7 +132,7 @@ class DFlashProposer:
             draft = logits.argmax(-1)  # (B, D)
         else:  # each position drawn from its own warped distribution, which is recorded as its proposal
             probs = warp(logits)  # (B, D, Vd)
-            draft = torch.multinomial(probs.reshape(b * d, -1), 1, generator=gen).view(b, d)
+            draft = sample(probs, gen)  # (B, D)
             q = self._q_to_target(probs)
             q = torch.cat([torch.zeros_like(q[:, :1]), q], 1)  # the root is not drafted
         tokens = torch.cat([root[:, None], self.drafter.draft_to_target(draft)], 1)  # (B, D+1)

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import torch
 
 from selfspec.decode.tree import DraftTree, children_table
+from selfspec.sampling import sample, warp_probs
+
+__all__ = ["Acceptance", "greedy_accept", "sample_accept", "warp_probs"]
 
 
 @dataclass
@@ -40,21 +43,7 @@ class Acceptance:
         torch.Tensor
     )  # (B, D) bool: a draft at depth d+1 was offered (the walk reached a node with children)
     accepted: torch.Tensor  # (B, D) bool: a draft at depth d+1 was accepted
-
-
-def warp_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Logits (..., V) -> probabilities after temperature, top-k, top-p (the order HF's warpers use)."""
-    logits = logits.float() / max(temperature, 1e-5)
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # mass before a token already exceeds top_p
-        drop[..., 0] = False
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits.softmax(-1)
+    n_host: list[int] | None = None  # n_accepted on the host, once the decoder has read it
 
 
 def greedy_accept(tree: DraftTree, logits: torch.Tensor, width: int) -> Acceptance:
@@ -120,7 +109,7 @@ def sample_accept(tree: DraftTree, p: torch.Tensor, width: int, gen: torch.Gener
         active = moved
         path[:, d + 1] = torch.where(moved, cur, -1)
         residual = torch.where(moved[:, None], p[rows, cur], residual)
-    bonus = torch.multinomial(residual, 1, generator=gen)[:, 0]
+    bonus = sample(residual, gen)
     return Acceptance(path, (path[:, 1:] >= 0).sum(-1), bonus, *_stack(offered, accepted, b, p))
 
 

@@ -50,6 +50,7 @@ class Drafter(nn.Module):
         self.config = config
         # A dict: nn.Module.__setattr__ only registers Modules/Parameters, so nothing in here is tracked.
         self._target_parts: dict[str, nn.Module] = _Borrowed()
+        self.acceptance: dict[str, Any] | None = None  # p[d][r] for tree planning (acceptance.json)
 
     def feature_layers(self) -> list[int]:
         """Indices into the target's ``hidden_states`` tuple that this drafter consumes (see features.py)."""

@@ -23,15 +23,20 @@ from torch import nn
 
 from selfspec.heads.arch import arch_classes, arch_config, cache_len, causal_bool_mask
 from selfspec.heads.base import Drafter, TargetDims, project
+from selfspec.heads.vocab import build_vocab_map, validate_vocab_map
 
 
 @dataclass
 class EagleConfig(TargetDims):
-    """User-facing: ``input_norm``. Target-derived (filled by build_drafter): sizes and the target's
-    architecture config (``target_config``, a transformers config dict) the decoder layer is built from."""
+    """User-facing: ``input_norm``, ``draft_vocab_size`` (0 or >= V: the target's whole vocabulary, as EAGLE-1;
+    smaller: the most frequent tokens of the training data, projected through those rows of the target's
+    lm_head only, as EAGLE-3's reduced vocabulary). Target-derived (filled by build_drafter): sizes and the
+    target's architecture config (``target_config``, a transformers config dict) the decoder layer is built
+    from."""
 
     type: str = "eagle"
     input_norm: bool = False
+    draft_vocab_size: int = 0
 
 
 class Eagle(Drafter):
@@ -47,9 +52,52 @@ class Eagle(Drafter):
         if not config.input_norm:
             self.layer.input_layernorm = nn.Identity()
         self.rotary_emb = rotary_cls(cfg)  # buffers only (inv_freq, non-persistent)
+        self.d2t = self.t2d = None  # full vocabulary: no map (and the EAGLE-1 checkpoint layout)
+        if self.reduced:
+            d2t, t2d = build_vocab_map(torch.zeros(config.vocab_size), self.draft_vocab_size)
+            self.register_buffer("d2t", d2t)
+            self.register_buffer("t2d", t2d)
+        self._head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # frozen target rows
+
+    @property
+    def draft_vocab_size(self) -> int:
+        v, vd = self.config.vocab_size, self.config.draft_vocab_size
+        return v if vd <= 0 else min(vd, v)
+
+    @property
+    def reduced(self) -> bool:
+        return self.draft_vocab_size < self.config.vocab_size
 
     def feature_layers(self) -> list[int]:
         return [self.config.num_target_layers]
+
+    @torch.no_grad()
+    def set_vocab_map(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
+        if not self.reduced:
+            return  # the whole vocabulary is drafted
+        validate_vocab_map(d2t, t2d, self.config.vocab_size)
+        self.d2t.copy_(d2t)
+        self.t2d.copy_(t2d)
+        self._head_rows = None
+
+    def bind(self, target: nn.Module) -> Eagle:
+        self._head_rows = None
+        return super().bind(target)
+
+    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary ids -> target ids (``id + d2t[id]``; the identity with the full vocabulary)."""
+        return draft_ids if self.d2t is None else draft_ids + self.d2t[draft_ids]
+
+    def _head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the output projection: the target's lm_head, or its draft-vocabulary rows."""
+        head = self.target_lm_head
+        if not self.reduced:
+            return head.weight, head.bias
+        if self._head_rows is None or self._head_rows.device != head.weight.device:
+            ids = self.draft_to_target(torch.arange(self.d2t.numel(), device=self.d2t.device))
+            rows = ids.to(head.weight.device)
+            self._head_rows = (head.weight[rows].contiguous(), None if head.bias is None else head.bias[rows])
+        return self._head_rows
 
     def forward(
         self,
@@ -78,5 +126,5 @@ class Eagle(Drafter):
         )
         if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
             hidden = hidden[0]
-        head = self.target_lm_head
-        return hidden, project(hidden, head.weight, head.bias)
+        weight, bias = self._head()
+        return hidden, project(hidden, weight, bias)  # (B, T, V) or (B, T, Vd) over the draft vocabulary

@@ -31,6 +31,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 from selfspec.heads.arch import arch_classes, arch_config, cache_len, causal_bool_mask
 from selfspec.heads.base import Drafter, TargetDims, project
 from selfspec.heads.vocab import DraftVocab
+from selfspec.utils import SelfspecError
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Eagle3Config(TargetDims):
     ttt_steps: int = 7
     draft_vocab_size: int = 32000
     aux_layers: list[int] = field(default_factory=list)
+    fc_init: str = "high"  # "high": fc starts as the identity on the high layer's state; "random"
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -152,6 +154,18 @@ class Eagle3(DraftVocab, Drafter):
     def feature_layers(self) -> list[int]:
         return list(self.config.aux_layers)
 
+    @torch.no_grad()
+    def init_from_target(self) -> None:
+        """The mixin's start (lm_head rows, final norm) and, with ``fc_init="high"``, ``fc`` as the identity on
+        the high layer (the state closest to the logits)."""
+        if self.config.fc_init not in ("high", "random"):
+            raise SelfspecError(f"eagle3 fc_init={self.config.fc_init!r}: use high or random")
+        if self.config.fc_init == "high":
+            h = self.config.hidden_size
+            self.fc.weight.zero_()
+            self.fc.weight[:, 2 * h :].copy_(torch.eye(h))
+        super().init_from_target()
+
     def fuse(self, aux: torch.Tensor) -> torch.Tensor:
         """aux (B, T, 3H) = concat of the target's low/mid/high states -> (B, T, H)."""
         return self.fc(aux)
@@ -171,4 +185,7 @@ class Eagle3(DraftVocab, Drafter):
         mask = causal_bool_mask(attention_mask, cache_len(past_key_values), hidden.shape[1], hidden.device)
         pos_emb = self.rotary_emb(hidden, position_ids)
         out = self.midlayer(emb, hidden, pos_emb, mask, past_key_values)  # (B, T, H)
-        return out, project(self.norm(out), self.lm_head.weight)  # == self.lm_head(...), faster for few rows
+        h = self.norm(out)
+        if h.numel() // h.shape[-1] > 64:  # training: the module call, so ZeRO-3 gathers its partitioned weight
+            return out, self.lm_head(h)
+        return out, project(h, self.lm_head.weight)  # drafting: == self.lm_head(h), faster for few rows

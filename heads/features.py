@@ -27,12 +27,13 @@ def target_forward(
     position_ids: torch.Tensor | None = None,
     past_key_values: Any = None,
     layers: Sequence[int] = (),
+    logits_to_keep: int = 0,
 ) -> TargetOutput:
     """Run the target once and keep only the hidden states named in ``layers``.
 
     ``attention_mask`` may be a 2D padding mask or a 4D bool mask ``(B, 1, T, S)`` (True = attend) over the
     cached plus new keys, with explicit ``position_ids``; both are passed through unchanged, as is the
-    ``DynamicCache`` (updated in place when given).
+    cache (updated in place when given). ``logits_to_keep``: logits of the last N positions only (0: all).
     """
     want_hidden = len(layers) > 0
     out = target(
@@ -42,6 +43,7 @@ def target_forward(
         past_key_values=past_key_values,
         use_cache=past_key_values is not None,
         output_hidden_states=want_hidden,
+        logits_to_keep=logits_to_keep,
     )
     hidden: tuple[torch.Tensor, ...] = ()
     if want_hidden:

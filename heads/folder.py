@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from selfspec.faults import maybe_die
 from selfspec.heads.base import Drafter
 from selfspec.heads.draft_model import DraftModel
 from selfspec.heads.registry import CONFIGS, config_from_dict, drafter_class
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+ACCEPTANCE = "acceptance.json"  # p[d][r] for the decoder's tree planner (selfspec.train.acceptance)
 
 
 def _version() -> str:
@@ -92,6 +94,7 @@ def save_drafter(
                 drafter.load_state_dict(state_dict)
             model = drafter.export_model()
             model.save_pretrained(tmp)
+            maybe_die("export_between_files")
             cfg = json.loads((tmp / CONFIG).read_text())
             cfg["selfspec"] = meta
             (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -99,10 +102,13 @@ def save_drafter(
             state = state_dict if state_dict is not None else drafter.state_dict()
             metadata = {"format": "pt", **drafter.weights_metadata()}
             save_file(_unshared(state), str(tmp / WEIGHTS), metadata=metadata)
+            maybe_die("export_between_files")
             (tmp / CONFIG).write_text(json.dumps({"selfspec": meta}, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text)
+        if getattr(drafter, "acceptance", None):
+            (tmp / ACCEPTANCE).write_text(json.dumps(drafter.acceptance, indent=1) + "\n")
     return Path(path)
 
 
@@ -179,6 +185,7 @@ def load_drafter(
     meta = json.loads((folder / CONFIG).read_text())["selfspec"]
     drafter = _read_native(folder, meta)
     _check_type(drafter, expected_type, folder)
+    drafter.acceptance = _read_acceptance(folder)
     if target is not None:
         from selfspec.heads.checks import check_target
 
@@ -186,6 +193,24 @@ def load_drafter(
         weight = target.get_output_embeddings().weight
         drafter.to(device=weight.device, dtype=weight.dtype).bind(target)
     return drafter.eval()
+
+
+def _read_acceptance(folder: Path) -> dict[str, Any] | None:
+    """The folder's acceptance statistics, or None (and a warning) when absent or unreadable."""
+    path = folder / ACCEPTANCE
+    if not path.is_file():
+        return None
+    try:
+        stats = json.loads(path.read_text())
+        p = stats["p"]
+        if not (isinstance(p, list) and p and all(isinstance(r, list) and r for r in p)):
+            raise ValueError("no p[depth][rank] table")
+        if not all(0.0 <= float(x) <= 1.0 for r in p for x in r):
+            raise ValueError("probabilities outside [0, 1]")
+    except (ValueError, KeyError, TypeError) as e:
+        logger.warning("ignoring %s (%s): the decoder will use its default tree", path, e)
+        return None
+    return stats
 
 
 def _check_type(drafter: Drafter, expected_type: str | None, folder: Path) -> None:

@@ -206,6 +206,11 @@ def _eagle1(drafter: Eagle, out: Path, verifier: str, tokens: int, embed: bool) 
         raise SelfspecError(
             "EAGLE-1 layers have no input norm: this drafter (input_norm=true) cannot be exported as eagle1"
         )
+    if drafter.reduced:
+        raise SelfspecError(
+            "the EAGLE-1 layout drafts the whole vocabulary: this drafter (draft_vocab_size="
+            f"{drafter.draft_vocab_size}) cannot be exported as eagle1; train with head.draft_vocab_size=0"
+        )
     state = {
         ("layers.0." + k[len("layer.") :] if k.startswith("layer.") else k): t
         for k, t in drafter.state_dict().items()

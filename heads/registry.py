@@ -91,13 +91,18 @@ def fill_target_dims(config: Any, target: nn.Module) -> Any:
 
 
 def build_drafter(
-    head_cfg: Mapping[str, Any], target: nn.Module, token_counts: torch.Tensor | None = None
+    head_cfg: Mapping[str, Any],
+    target: nn.Module,
+    token_counts: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Drafter:
-    """A fresh drafter for ``target``, bound to it, on its device and dtype, initialised from it where the
-    family says so. ``token_counts`` (V,) sets EAGLE-3's reduced vocabulary to the most frequent tokens (without it, the
-    first Vd ids: only sensible when Vd >= V); DFlash's draft vocabulary likewise, and its mask token."""
+    """A fresh drafter for ``target``, bound to it, on its device, initialised from it where the family says
+    so. ``token_counts`` (V,) sets a reduced draft vocabulary (EAGLE, EAGLE-3, DFlash) to the most frequent
+    tokens (without it, the first Vd ids: only sensible when Vd >= V), and DFlash's mask token. ``dtype``: the
+    drafter's weights (default: the target's; training keeps fp32 master weights on CPU)."""
     config = fill_target_dims(make_config(head_cfg), target)
-    device, dtype = target.get_output_embeddings().weight.device, target.get_output_embeddings().weight.dtype
+    device = target.get_output_embeddings().weight.device
+    dtype = dtype or target.get_output_embeddings().weight.dtype
     if isinstance(config, Eagle3Config):
         if not config.aux_layers:
             config.aux_layers = default_aux_layers(config.num_target_layers)
@@ -110,19 +115,18 @@ def build_drafter(
     else:
         drafter = DRAFTERS[config.type](config)
     drafter.to(device=device, dtype=dtype).bind(target)
-    if isinstance(drafter, DraftVocab):
+    if isinstance(drafter, (DraftVocab, Eagle)) and drafter.draft_vocab_size < config.vocab_size:
         if token_counts is not None:
             drafter.set_vocab_map(
                 *build_vocab_map(token_counts, drafter.draft_vocab_size, _special_ids(target))
             )
-        elif drafter.draft_vocab_size < config.vocab_size:
+        else:
             logger.warning(
                 "%s: no token counts given; the draft vocabulary is the first %d ids",
                 drafter.drafter_type,
                 drafter.draft_vocab_size,
             )
-        drafter.init_from_target()
-    if isinstance(drafter, Medusa):
+    if isinstance(drafter, (DraftVocab, Medusa)):  # own lm_head rows (and norm, fc) start from the target's
         drafter.init_from_target()
     return drafter
 

@@ -4,7 +4,8 @@ For every method in both reports: outputs identical to the target's, mean accept
 acceptance counts are exactly equal, as they are when both runs trained bit-identical drafters), and the speed-up
 over the target. Noise is judged per prompt: a difference counts as noise when it is within two standard errors
 of the difference, from the per-prompt values (speed-up = target time / method time on the same prompt; tokens
-per target forward).
+per target forward). A method missing from one report, or a report with a single prompt (no standard error to
+judge by), is never "within noise".
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ def per_prompt_accepted(report: dict, name: str) -> list[float]:
     return [r["new_tokens"] / r["target_forwards"] for r in row]
 
 
-def within_noise(xa: list[float], xb: list[float]) -> tuple[float, bool]:
-    """(2 standard errors of mean(xa) - mean(xb), whether the difference is within them)."""
+def within_noise(xa: list[float], xb: list[float]) -> tuple[float, bool | None]:
+    """(2 standard errors of mean(xa) - mean(xb), whether the difference is within them); None when a run has
+    fewer than two prompts, so there is no standard error to judge by."""
+    if min(len(xa), len(xb)) < 2:
+        return math.nan, None
     bound = 2 * math.hypot(stderr(xa), stderr(xb))
     return bound, abs(mean(xa) - mean(xb)) <= bound
 
@@ -47,6 +51,8 @@ def compare(a: dict, b: dict) -> tuple[list[str], bool]:
     ]
     ok = True
     b_methods = {m["name"]: m for m in b["methods"]}
+    rows += _missing_rows(a, b)
+    ok &= len(rows) == 2
     for ma in a["methods"]:
         mb = b_methods.get(ma["name"])
         if mb is None or ma["name"] == "target":
@@ -58,15 +64,25 @@ def compare(a: dict, b: dict) -> tuple[list[str], bool]:
         same_counts = ma["accepted_by_position"] == mb["accepted_by_position"] and ma.get(
             "drafted_by_position"
         ) == mb.get("drafted_by_position")
-        ok &= s_ok and (acc_ok or same_counts) and ma["identical"] and mb["identical"]
-        yes = {True: "yes", False: "no"}
+        acc_ok = True if same_counts else acc_ok
+        ok &= bool(s_ok and acc_ok and ma["identical"] and mb["identical"])
+        yes = {True: "yes", False: "no", None: "cannot tell (1 prompt)"}
         rows.append(
             f"| {ma['name']} | {yes[ma['identical']]} / {yes[mb['identical']]} "
             f"| {ma['mean_accepted_tokens']:.2f} / {mb['mean_accepted_tokens']:.2f} | {yes[same_counts]} "
-            f"| {yes[acc_ok or same_counts]} | {ma['speedup']:.2f}x / {mb['speedup']:.2f}x "
+            f"| {yes[acc_ok]} | {ma['speedup']:.2f}x / {mb['speedup']:.2f}x "
             f"| {mean(sa):.2f} / {mean(sb):.2f} ± {s_bound:.2f} | {yes[s_ok]} |"
         )
     return rows, ok
+
+
+def _missing_rows(a: dict, b: dict) -> list[str]:
+    """A row for every method only one of the reports has (a rerun that lost a method is not a rerun)."""
+    names_a, names_b = ({m["name"] for m in r["methods"]} for r in (a, b))
+    blank = " | " * 6
+    return [f"| {n} | missing in B{blank}|" for n in sorted(names_a - names_b)] + [
+        f"| {n} | missing in A{blank}|" for n in sorted(names_b - names_a)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

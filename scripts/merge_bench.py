@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from selfspec.decode.render import merge_reports, render_markdown
+from selfspec.decode.bench.render import merge_reports, render_markdown
 from selfspec.utils import SelfspecError, atomic_write_json, atomic_write_text, setup_logging
 
 logger = logging.getLogger("selfspec.merge_bench")

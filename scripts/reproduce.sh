@@ -45,7 +45,7 @@ done
 
 list=$(IFS=,; echo "${drafters[*]}")
 # shellcheck disable=SC2086
-stage "combined bench" "$PYTHON" decode/bench.py "drafter=[$list]" "output_dir=$RESULTS/bench" $BENCH_ARGS
+stage "combined bench" "$PYTHON" decode/bench/run.py "drafter=[$list]" "output_dir=$RESULTS/bench" $BENCH_ARGS
 stage "tables" "$PYTHON" scripts/merge_bench.py "$RESULTS/README_table.md" "$RESULTS/bench/bench.json" \
     --title "$TITLE"
 cp "$RESULTS/bench/acceptance.png" "$RESULTS/acceptance.png"

@@ -98,6 +98,20 @@ def load_target(
     return model, tokenizer
 
 
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The target's logits from its final (post-norm) hidden states (..., H) -> (..., V).
+
+    What ``model(...).logits`` computes from ``hidden_states[-1]``, for callers that keep only a few rows
+    (continuous batching) or stored the states (offline features): the lm_head, then the final logit
+    soft-capping some architectures (Gemma) apply.
+    """
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fingerprints: what identifies a target, so datasets and drafters can tell which target they belong to.
 
@@ -291,12 +305,14 @@ def tiny_target_dir() -> Path:
     dest = selfspec_home() / "targets" / f"tiny-random-{_TINY_VERSION}"
     if (dest / "config.json").exists():
         return dest
-    model, tokenizer = build_tiny_target()
-    try:
+    from filelock import FileLock
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".tiny-random-{_TINY_VERSION}.lock")):
+        if (dest / "config.json").exists():  # another process built it while we waited
+            return dest
+        model, tokenizer = build_tiny_target()
         with atomic_dir(dest) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    except OSError:
-        if not (dest / "config.json").exists():  # losing a rename race to another process is fine
-            raise
     return dest

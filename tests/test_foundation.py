@@ -55,6 +55,7 @@ def test_every_experiment_composes(experiment):
         assert (cfg[node] if not rest else cfg[node][rest[0]]) is not None, key
 
 
+@pytest.mark.timeout(150)
 def test_misspelt_key_fails_naming_it():
     proc = subprocess.run(
         [sys.executable, "train/run.py", "+experiment=medusa", "trainr.max_steps=1"],
@@ -68,6 +69,7 @@ def test_misspelt_key_fails_naming_it():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.timeout(150)
 def test_cfg_job_prints_config_without_loading_a_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train/run.py", "+experiment=eagle3", "--cfg", "job"],
@@ -126,14 +128,43 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert (dest / "done").read_text() == "ok"
 
 
-def test_device_and_dtype_resolution():
+def test_device_and_dtype_resolution(monkeypatch, caplog):
+    import selfspec.utils as utils
+
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("fp32", "cpu") == torch.float32
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    utils._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert "no native bf16" in caplog.text
 
 
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    """Detection follows the CPU's feature flags (torch's probe, else /proc/cpuinfo), not the vendor."""
+    import selfspec.utils as utils
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False}, raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(utils, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else Path(p))
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert utils.cpu_has_native_bf16()
+    cpuinfo.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f\n")
+    assert not utils.cpu_has_native_bf16()
+
+
+@pytest.mark.timeout(330)
 def test_wheel_installs_only_the_selfspec_namespace(tmp_path):
+    """Built from a copy of the checkout: pip builds in-tree, and must leave no build/ or egg-info in the repo."""
+    import shutil
+
+    src, before = tmp_path / "src", sorted(os.listdir(REPO))
+    skip = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "outputs")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*skip))
     proc = subprocess.run(
         [
             sys.executable,
@@ -145,13 +176,14 @@ def test_wheel_installs_only_the_selfspec_namespace(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(REPO),
+            str(src),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(REPO)) == before
     (wheel,) = tmp_path.glob("selfspec-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -167,6 +199,27 @@ def test_tiny_target_name_loads_offline(monkeypatch):
     model, tokenizer = load_target(TINY_TARGET, device="cpu")
     assert model.config.num_hidden_layers == 4
     assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.timeout(180)
+def test_two_processes_build_the_tiny_target_once(tmp_path):
+    """A lock beside the cache: the second process waits and reuses the first one's folder."""
+    env = {**os.environ, "SELFSPEC_HOME": str(tmp_path / "home")}
+    code = "from selfspec.target import tiny_target_dir; print(tiny_target_dir())"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=150) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    targets = tmp_path / "home" / "targets"
+    assert sorted(os.listdir(targets)) == [".tiny-random-v1.lock", "tiny-random-v1"]
+    printed = [out.decode().splitlines()[-1] for out, _ in outs]
+    assert printed == [str(targets / "tiny-random-v1")] * 2
+    model, _ = load_target(printed[0], device="cpu")
+    assert model.config.num_hidden_layers == 4
 
 
 @pytest.mark.integration

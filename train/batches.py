@@ -13,12 +13,17 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from selfspec.utils import SelfspecError
 
-def collate(rows: list[dict[str, Any]], max_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+
+def collate(
+    rows: list[dict[str, Any]], max_len: int, pad_id: int, features: list[torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Rows of {input_ids, loss_mask} -> (B, T) tensors, truncated to ``max_len`` and right-padded.
 
     Right padding keeps every real token's causal prefix free of pads, so no attention mask is needed;
-    padded positions have loss_mask 0 and never count.
+    padded positions have loss_mask 0 and never count. ``features``: the rows' stored target features
+    (T_i, layers, H), padded alike into ``features`` (B, T, layers, H).
     """
     ids = [list(r["input_ids"])[:max_len] for r in rows]
     masks = [list(r["loss_mask"])[:max_len] for r in rows]
@@ -28,7 +33,13 @@ def collate(rows: list[dict[str, Any]], max_len: int, pad_id: int) -> dict[str, 
     for i, (x, m) in enumerate(zip(ids, masks, strict=True)):
         input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.long)
-    return {"input_ids": input_ids, "loss_mask": loss_mask, "num_tokens": torch.tensor(sum(map(len, ids)))}
+    batch = {"input_ids": input_ids, "loss_mask": loss_mask, "num_tokens": torch.tensor(sum(map(len, ids)))}
+    if features is not None:
+        f = torch.zeros(len(rows), seq, *features[0].shape[1:], dtype=features[0].dtype)
+        for i, x in enumerate(features):
+            f[i, : len(x)] = x[:seq]
+        batch["features"] = f
+    return batch
 
 
 class Batches:
@@ -44,8 +55,16 @@ class Batches:
         world: int,
         seed: int,
         shuffle: bool = True,
+        features: Any = None,
+        split_name: str = "train",
     ) -> None:
-        self.split = split
+        """``features``: a ``selfspec.data.features.FeatureStore`` whose ``split_name`` rows are this split's
+        (offline mode); batches then carry the stored target features."""
+        if len(split) == 0:
+            raise SelfspecError(
+                "the dataset's train split is empty: raise data.num_prompts or lower data.eval_fraction"
+            )
+        self.split, self.features, self.split_name = split, features, split_name
         self.mbs = micro_batch_size
         self.max_len = max_len
         self.pad_id = pad_id
@@ -61,8 +80,11 @@ class Batches:
         self.sampler.set_epoch(epoch)
         order = list(self.sampler)
         for b in range(start, len(self)):
-            idx = order[b * self.mbs : (b + 1) * self.mbs]
-            yield collate([self.split[int(i)] for i in idx], self.max_len, self.pad_id)
+            idx = [int(i) for i in order[b * self.mbs : (b + 1) * self.mbs]]
+            feats = None
+            if self.features is not None:
+                feats = [self.features.row(self.split_name, i, self.max_len) for i in idx]
+            yield collate([self.split[i] for i in idx], self.max_len, self.pad_id, feats)
 
     def stream(self, micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
         """Endless micro batches starting at global micro batch ``micro_step`` (epochs roll over)."""

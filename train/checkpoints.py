@@ -1,10 +1,13 @@
 """Full training-state checkpoints under ``output_dir/checkpoints``: save, keep the last N, resume.
 
-DeepSpeed's ``save_checkpoint`` writes the drafter, optimizer (ZeRO shards per rank) and scheduler into
-``checkpoints/step_NNNNNNN/`` and only then points ``checkpoints/latest`` at it, so a kill mid-save leaves the
-previous checkpoint as the one to resume. Beside it selfspec writes ``selfspec.json`` (drafter type, head
-config, step) and ``config.yaml`` (the resolved training config); the ``TrainState`` and RNG states travel as
-DeepSpeed client state.
+``checkpoints/step_NNNNNNN/`` holds DeepSpeed's files (drafter, optimizer with its ZeRO shards per rank,
+scheduler; the ``TrainState`` and RNG states travel as DeepSpeed client state), ``config.yaml`` (the resolved
+training config) and ``selfspec.json`` (drafter type, head config, step). ``selfspec.json`` is the commit
+marker: it is written last, atomically, after every rank's DeepSpeed files are on disk, and a checkpoint
+without it is incomplete. Resumption takes the newest complete checkpoint (``latest_tag``), so a kill at any
+moment of a save (between DeepSpeed's files, or between them and selfspec's) resumes from the previous one.
+DeepSpeed's own ``latest`` file is still written (its tools read it) but never trusted here: DeepSpeed writes
+it in place, so a kill can leave it empty or pointing at an incomplete folder.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 
 import torch
 
-from selfspec.train.parallel import barrier
-from selfspec.utils import SelfspecError, atomic_write_json, atomic_write_text, is_rank_zero
+from selfspec.faults import maybe_die
+from selfspec.train.parallel import all_reduce_sum, barrier
+from selfspec.utils import SelfspecError, atomic_write_json, atomic_write_text, fsync_tree, is_rank_zero
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +64,39 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         np.random.set_state(state["numpy"])
 
 
+def _steps(ckpt_dir: Path) -> list[Path]:
+    """``step_*`` folders, oldest first (by step number, not by name)."""
+    found = [p for p in ckpt_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a ``step_*`` folder was fully saved: its ``selfspec.json`` exists, parses and names its step."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("step") == int(path.name[5:])
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
-    """The tag DeepSpeed last committed (``latest`` file), if that checkpoint folder exists."""
-    latest = ckpt_dir / "latest"
-    if not latest.is_file():
-        return None
-    tag = latest.read_text().strip()
-    return tag if (ckpt_dir / tag).is_dir() else None
+    """The newest complete checkpoint's tag (``step_NNNNNNN``), or None when there is none."""
+    return next((p.name for p in reversed(_steps(ckpt_dir)) if is_complete(p)), None)
+
+
+def clear(ckpt_dir: Path) -> int:
+    """Delete every checkpoint in ``ckpt_dir`` (``train.resume=never``); return how many there were."""
+    steps = _steps(ckpt_dir)
+    for path in steps:
+        _delete(path)
+    (ckpt_dir / "latest").unlink(missing_ok=True)
+    return len(steps)
+
+
+def _delete(path: Path) -> None:
+    """The marker goes first: a kill during the deletion never leaves a half-deleted folder that looks complete."""
+    (path / META).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def check_compatible(ckpt_dir: Path, tag: str, drafter_type: str, head: dict[str, Any]) -> None:
@@ -99,26 +129,53 @@ def save(
     resolved_yaml: str,
     keep_last: int,
 ) -> Path:
-    """Save the full training state (collective: every rank calls it) and prune to the last ``keep_last``."""
+    """Save the full training state (collective: every rank calls it), commit it, prune to ``keep_last``.
+
+    Order: DeepSpeed's files on every rank, fsynced; a barrier; then rank 0 writes ``config.yaml``, the
+    ``selfspec.json`` marker, DeepSpeed's ``latest``, and prunes. The checkpoint counts only from the marker on.
+    """
+    _check_weights_finite(engine, state.step)
     tag = f"step_{state.step:07d}"
+    path = ckpt_dir / tag
+    if is_rank_zero():  # a tag saved again (after an earlier resume) is incomplete until the end
+        (path / META).unlink(missing_ok=True)
     client = {"train_state": asdict(state), "rng": _rng_state(), "drafter_type": drafter_type}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
+    fsync_tree(path)
+    barrier()
+    maybe_die("ckpt_between_files")
     if is_rank_zero():
-        atomic_write_json(
-            ckpt_dir / tag / META, {"drafter_type": drafter_type, "head": head, "step": state.step}
-        )
-        atomic_write_text(ckpt_dir / tag / "config.yaml", resolved_yaml)
+        atomic_write_text(path / "config.yaml", resolved_yaml)
+        atomic_write_json(path / META, {"drafter_type": drafter_type, "head": head, "step": state.step})
+        # For DeepSpeed's own tools (zero_to_fp32.py); never read here.
+        atomic_write_text(ckpt_dir / "latest", tag)
         _prune(ckpt_dir, keep_last, keep=tag)
     barrier()
-    logger.info("checkpoint %s saved", ckpt_dir / tag)
-    return ckpt_dir / tag
+    logger.info("checkpoint %s saved", path)
+    return path
+
+
+def _check_weights_finite(engine: Any, step: int) -> None:
+    """Never checkpoint NaN/inf weights (collective): a later resume would take them for the last good state.
+
+    A ZeRO-3 rank holds its share of a parameter in ``ds_tensor``.
+    """
+    shares = [getattr(p, "ds_tensor", p).detach() for p in engine.module.parameters()]
+    local = torch.stack([torch.isfinite(t).all() for t in shares]).all()
+    if bool(all_reduce_sum((~local).float().reshape(1)).item()):
+        raise SelfspecError(
+            f"refusing to checkpoint step {step}: the drafter's weights are not finite; the last complete "
+            "checkpoint stays the one to resume from; lower train.lr or check the data, then rerun"
+        )
 
 
 def _prune(ckpt_dir: Path, keep_last: int, keep: str) -> None:
-    tags = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
-    for old in tags[: max(0, len(tags) - max(1, keep_last))]:
-        if old.name != keep:
-            shutil.rmtree(old, ignore_errors=True)
+    """Keep the newest ``keep_last`` complete checkpoints (and ``keep``); delete older ones and incomplete ones."""
+    complete = [p.name for p in _steps(ckpt_dir) if is_complete(p)]
+    kept = set(complete[-max(1, keep_last) :]) | {keep}
+    for path in _steps(ckpt_dir):
+        if path.name not in kept:
+            _delete(path)
 
 
 def load(engine: Any, ckpt_dir: Path, tag: str) -> TrainState:

@@ -28,6 +28,7 @@ class LossConf:
     medusa_soft: bool = True  # CE to the target's distribution (self-distillation); false: to its argmax
     head_decay: float = 0.8  # Medusa head k weighs head_decay**k (Medusa-2's lambda_k)
     feature_weight: float = 1.0  # EAGLE: smooth L1 feature regression
+    feature_noise: float = 0.0  # EAGLE: uniform noise of this width added to the input features (EAGLE-1)
     ce_weight: float = 0.1  # EAGLE: CE to the target distribution (EAGLE's 0.1 p-loss)
     ttt_decay: float = 0.8  # EAGLE-3: TTT step j weighs ttt_decay**j
     divergence: str = "forward_kl"  # draft model: forward_kl | reverse_kl | jsd
@@ -43,12 +44,15 @@ class TrainConf:
     """The training loop: budget, optimiser, schedule, evaluation, checkpoints, export."""
 
     max_steps: int = 100  # optimiser steps (each = micro_batch_size * grad_accum * world sequences)
+    epochs: float = 0.0  # > 0: max_steps is sized to this many passes over the train split instead
+    train_rows: int = 0  # > 0: train on the first N conversations of the train split only (scaling curves)
     micro_batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 512  # longer conversations are truncated (prompt first, so the response tail goes)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 10
+    warmup_ratio: float = 0.0  # > 0: warmup_steps = warmup_ratio * max_steps
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
@@ -62,6 +66,12 @@ class TrainConf:
     report: bool = True  # end with decode/bench's acceptance report on the eval split
     report_prompts: int = 8
     report_max_new_tokens: int = 64
+    features: str = (
+        "auto"  # online | offline | auto (offline when the data is read >= 1.5 times and fits on disk)
+    )
+    compute_dtype: str = (
+        "auto"  # auto | bf16 | fp32: the drafter's forward under bf16 autocast (fp32 weights)
+    )
     loss: LossConf = field(default_factory=LossConf)
 
 
@@ -77,7 +87,7 @@ class DeepSpeedConf:
 @dataclass
 class LoggerConf:
     type: str = "none"  # none | wandb
-    project: str = "selfspec"
+    project: str | None = None  # default: $WANDB_PROJECT, else "selfspec"
     run_name: str | None = None  # default: the output folder's name
     init_timeout: float = 30.0  # seconds; wandb must never hang the job
 

@@ -68,7 +68,7 @@ A speculative-decoding drafter ({drafter.drafter_type}) trained by selfspec on t
 
 {_LOAD_SNIPPET.format(target=target_name, path=path)}
 
-Then decode speculatively with `selfspec.decode`, or benchmark it: `python decode/bench.py drafter={path}`.
+Then decode speculatively with `selfspec.decode`, or benchmark it: `python decode/bench/run.py drafter={path}`.
 """
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,14 +18,17 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from selfspec.faults import maybe_die
 from selfspec.heads import target_forward
+from selfspec.target import output_logits
 from selfspec.train import checkpoints
+from selfspec.train.acceptance import DEPTH, RANKS, rank_counts, to_probabilities
 from selfspec.train.batches import Batches
 from selfspec.train.checkpoints import TrainState
 from selfspec.train.losses import DrafterObjective, LossOutput
-from selfspec.train.parallel import all_reduce_sum, parallelize
+from selfspec.train.parallel import all_reduce_sum, barrier, parallelize
 from selfspec.train.tracking import Tracker
-from selfspec.utils import SelfspecError
+from selfspec.utils import SelfspecError, atomic_write_text, cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,20 @@ def metric_label(drafter_type: str) -> str:
 def head_config(drafter: Any) -> dict[str, Any]:
     """The drafter's hyper-parameters as plain JSON values (what a checkpoint must match to be resumed)."""
     return json.loads(json.dumps(asdict(drafter.config), default=str))
+
+
+def autocast_dtype(choice: str, device: torch.device, drafter: Any) -> bool:
+    """Whether the drafter's forward runs under bf16 autocast (its weights and optimizer stay fp32).
+
+    ``auto``: on a CPU with native bf16 while the weights are fp32 (about twice the matmul throughput; on
+    GPUs DeepSpeed's bf16 mode already trains in bf16). ``bf16``: always; ``fp32``: never.
+    """
+    if choice not in ("auto", "bf16", "fp32"):
+        raise SelfspecError(f"train.compute_dtype={choice!r}: use auto, bf16 or fp32")
+    fp32_weights = next(drafter.parameters()).dtype == torch.float32
+    if choice == "auto":
+        return device.type == "cpu" and fp32_weights and cpu_has_native_bf16()
+    return choice == "bf16" and fp32_weights
 
 
 class Metrics:
@@ -97,7 +115,10 @@ class Trainer:
         world: int,
         device: torch.device,
         tracker: Tracker | None = None,
+        features: Any = None,
     ) -> None:
+        """``features``: the dataset's stored target features (offline mode), or None to run the target on
+        every batch (online mode)."""
         self.cfg, self.t = cfg, cfg.train
         self.target, self.drafter = target, drafter
         self.device, self.rank = device, rank
@@ -106,6 +127,11 @@ class Trainer:
         self.tracker = tracker or Tracker()
         self.label = metric_label(drafter.drafter_type)
         self.layers = list(drafter.feature_layers())
+        self.features = features
+        if features is not None:  # offline: where each needed layer, and the final state, sit in the store
+            self.stored = features.index_of(self.layers)
+            self.final = features.index_of([target.config.get_text_config().num_hidden_layers])[0]
+        self.autocast = autocast_dtype(str(self.t.compute_dtype), device, drafter)
         self.head = head_config(drafter)
         self.engine = parallelize(DrafterObjective(drafter, self.t.loss), cfg, device, world)
         mk = {
@@ -116,19 +142,52 @@ class Trainer:
             "world": world,
             "seed": int(cfg.seed),
         }
-        self.train_batches = Batches(splits["train"], shuffle=True, **mk)
-        self.eval_batches = Batches(splits["eval"], shuffle=False, **mk) if len(splits["eval"]) else None
+        self.train_batches = Batches(splits["train"], shuffle=True, features=features, **mk)
+        self.eval_batches = None
+        if len(splits["eval"]):
+            self.eval_batches = Batches(
+                splits["eval"], shuffle=False, features=features, split_name="eval", **mk
+            )
         self.state = TrainState()
         self.history: list[dict[str, float]] = []
 
     # -- one forward -------------------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(input_ids, loss_mask, target logits, target features) of a batch, on the device."""
         ids = batch["input_ids"].to(self.device)
         mask = batch["loss_mask"].to(self.device)
         with torch.no_grad():
-            out = target_forward(self.target, ids, layers=self.layers)
-        return LossOutput(*self.engine(ids, mask, out.logits, out.hidden))
+            if self.features is None:
+                logits, hidden = target_forward(self.target, ids, layers=self.layers)[:2]
+            else:  # stored states; the logits from the final one through the target's own lm_head
+                f = batch["features"].to(self.device)  # (B, T, stored layers, H)
+                hidden = tuple(f[:, :, i] for i in self.stored)
+                logits = output_logits(self.target, f[:, :, self.final].to(self.target.dtype))
+        return ids, mask, logits, hidden
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return LossOutput(*self.engine(*self.inputs(batch)))
+
+    @torch.no_grad()
+    def acceptance_stats(self, max_batches: int = 64) -> dict[str, Any] | None:
+        """``p[d][r]`` on the eval split for the tree planner (``train/acceptance.py``), every rank alike."""
+        if self.eval_batches is None:
+            return None
+        self.engine.eval()
+        hits = torch.zeros(DEPTH, RANKS + 2, dtype=torch.long)
+        reached = torch.zeros(DEPTH, dtype=torch.long)
+        for i, batch in enumerate(self.eval_batches.epoch_iter(0)):
+            if i >= max_batches:
+                break
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                h, r = rank_counts(self.drafter, *self.inputs(batch))
+            hits, reached = hits + h, reached + r
+        self.engine.train()
+        flat = all_reduce_sum(torch.cat([hits.flatten(), reached]).to(self.device)).cpu()
+        n = DEPTH * (RANKS + 2)
+        return to_probabilities(flat[:n].view(DEPTH, RANKS + 2), flat[n:])
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -149,12 +208,23 @@ class Trainer:
         mode = str(self.t.resume)
         if mode not in ("auto", "never"):
             raise SelfspecError(f"train.resume={mode!r}: use auto or never")
+        if mode == "never":
+            self._start_over()
         tag = checkpoints.latest_tag(self.ckpt_dir) if mode == "auto" else None
         if tag is None:
             return
         checkpoints.check_compatible(self.ckpt_dir, tag, self.drafter.drafter_type, self.head)
         self.state = checkpoints.load(self.engine, self.ckpt_dir, tag)
         logger.info("resumed from %s at step %d", self.ckpt_dir / tag, self.state.step)
+
+    def _start_over(self) -> None:
+        """``train.resume=never``: earlier checkpoints in this output_dir are deleted, or a later ``auto`` run
+        would resume from the old run's newest one instead of this run's."""
+        if self.rank == 0:
+            n = checkpoints.clear(self.ckpt_dir)
+            if n:
+                logger.warning("train.resume=never: deleted %d earlier checkpoint(s) in %s", n, self.ckpt_dir)
+        barrier()
 
     def save(self) -> None:
         checkpoints.save(
@@ -175,26 +245,68 @@ class Trainer:
             with open(self.output_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def _trim_log(self) -> None:
+        """Drop ``train_log.jsonl`` rows past the step training starts from (rank 0), so no step appears twice.
+
+        A killed run logged steps after its last checkpoint, which the resumed run trains again; a
+        ``resume=never`` run starts from step 0. A last line cut by the kill is dropped too.
+        """
+        log = self.output_dir / "train_log.jsonl"
+        if self.rank != 0 or not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= self.state.step:
+                kept.append(line + "\n")
+        atomic_write_text(log, "".join(kept))
+
     # -- the loop ----------------------------------------------------------------------------------------
 
     def _check_finite(self, out: LossOutput) -> None:
         """Stop every rank together on a NaN/inf loss, before the optimizer sees its gradients."""
         bad = all_reduce_sum((~torch.isfinite(out.loss.detach())).float().reshape(1))
         if bool(bad.item()):
-            last = checkpoints.latest_tag(self.ckpt_dir)
-            kept = (
-                f"the last good checkpoint is {self.ckpt_dir / last}"
-                if last
-                else "no checkpoint was saved yet"
+            self._stop(f"non-finite loss ({float(out.loss.detach()):.4g})")
+
+    def _stop(self, what: str) -> None:
+        last = checkpoints.latest_tag(self.ckpt_dir)
+        kept = (
+            f"the last good checkpoint is {self.ckpt_dir / last}" if last else "no checkpoint was saved yet"
+        )
+        raise SelfspecError(
+            f"{what} at step {self.state.step + 1}: training stopped and "
+            f"{kept}; lower train.lr or check the data, then rerun (train.resume=auto continues from it)"
+        )
+
+    def _optimizer_step(self) -> None:
+        """``engine.step()``, stopping every rank together when the gradients are not finite.
+
+        A finite loss can still give infinite gradients. ZeRO-0 keeps the full gradients on the parameters until
+        the step, so they are checked before it (its clipping would turn a NaN norm into NaN weights). ZeRO-1..3
+        check their own partitions, skip such a step and report an infinite ``get_global_grad_norm()``: that
+        stops the run too, instead of skipping steps silently.
+        """
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary and int(self.engine.zero_optimization_stage()) == 0:
+            grads = [p.grad.detach() for p in self.engine.module.parameters() if p.grad is not None]
+            local = (
+                torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
             )
-            raise SelfspecError(
-                f"non-finite loss ({float(out.loss.detach()):.4g}) at step {self.state.step + 1}: training stopped and "
-                f"{kept}; lower train.lr or check the data, then rerun (train.resume=auto continues from it)"
-            )
+            if bool(all_reduce_sum((~local).float().reshape(1).to(self.device)).item()):
+                self._stop("non-finite gradients")
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm() if boundary else None
+        if norm is not None and not math.isfinite(float(norm)):
+            self._stop(f"non-finite gradient norm ({float(norm):.4g})")
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.max_steps``; return the final metrics (train window, eval, throughput)."""
         self.maybe_resume()
+        self._trim_log()
         max_steps, ga = int(self.t.max_steps), int(self.t.grad_accum)
         stream = self.train_batches.stream(self.state.micro_step)
         bar = tqdm(
@@ -213,11 +325,12 @@ class Trainer:
                 out = self.forward(batch)
                 self._check_finite(out)
                 self.engine.backward(out.loss)
-                self.engine.step()
+                self._optimizer_step()
                 self.state.micro_step += 1
                 seen += int(batch["num_tokens"])
                 window.add(out)
             self.state.step += 1
+            maybe_die("train_step")
             self._record({"step": self.state.step, "loss": float(out.loss.detach())})
             bar.update(1)
             if self.state.step % max(1, int(self.t.log_every)) == 0 or self.state.step == max_steps:

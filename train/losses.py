@@ -139,16 +139,23 @@ def eagle_loss(
     b, seq = input_ids.shape
     r = seq - 1  # rows t = 0 .. T-2 read (feature_t, x_{t+1})
     pos = torch.arange(r, device=input_ids.device).expand(b, r)
-    hidden, logits = drafter(feat[:, :r], input_ids[:, 1:], pos)  # (B, R, H), (B, R, V)
+    inp = feat[:, :r]
+    if lc.feature_noise > 0 and drafter.training:  # EAGLE-1: robustness to its own imperfect features
+        inp = inp + (torch.rand_like(inp) - 0.5) * lc.feature_noise
+    hidden, logits = drafter(inp, input_ids[:, 1:], pos)  # (B, R, H), (B, R, V or Vd)
     n = seq - 2  # rows whose predicted token x_{t+2} exists
     m = loss_mask[:, 2 : 2 + n].bool()
     pred, tgt = _rows(logits[:, :n], tgt_logits[:, 1 : 1 + n], m)
+    if drafter.reduced:  # the target's distribution restricted to the draft vocabulary, as EAGLE-3
+        ids = drafter.draft_to_target(torch.arange(pred.shape[-1], device=pred.device))
+        tgt_full, tgt = tgt, tgt[:, ids]
+        correct = (ids[pred.argmax(-1)] == tgt_full.argmax(-1)).sum()
+    else:
+        correct = (pred.argmax(-1) == tgt.argmax(-1)).sum()
     ce = _mean(soft_ce(pred, tgt, lc.temperature))
     reg = F.smooth_l1_loss(hidden[:, :n][m].float(), feat[:, 1 : 1 + n][m].float(), reduction="none")
     feat_loss = _mean(reg.mean(-1))
-    out = _stack(
-        [ce], [(pred.argmax(-1) == tgt.argmax(-1)).sum()], [pred.shape[0]], [lc.ce_weight], logits.device
-    )
+    out = _stack([ce], [correct], [pred.shape[0]], [lc.ce_weight], logits.device)
     out.loss = out.loss + lc.feature_weight * feat_loss
     out.extra["feature_loss"] = feat_loss
     return out

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
@@ -48,6 +49,18 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def destroy_distributed() -> None:
+    """Leave the default process group, dropping DeepSpeed's cached groups with it, so that a later
+    ``init_distributed`` in the same process (a notebook, a test session) starts from a clean slate."""
+    if not dist.is_initialized():
+        return
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None and ds_comm.cdb is not None and ds_comm.cdb.is_initialized():
+        ds_comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:

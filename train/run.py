@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
@@ -26,7 +27,8 @@ from selfspec.train.batches import token_counts
 from selfspec.train.config import register_train
 from selfspec.train.exporter import add_measured_acceptance, export_drafter, push_to_hub
 from selfspec.train.loop import Trainer
-from selfspec.train.parallel import init_distributed, local_device
+from selfspec.train.parallel import init_distributed, local_device, use_bf16
+from selfspec.train.plan import prepare_features, size_schedule, vocab_coverage
 from selfspec.train.tracking import make_tracker
 from selfspec.utils import exit_on_user_error, resolve_device, seed_everything, setup_logging
 
@@ -58,17 +60,29 @@ def train_job(cfg: DictConfig) -> TrainResult:
     )
     dataset_dir = build_dataset(cfg, target, tokenizer)
     splits = load_splits(dataset_dir)
+    rows = int(cfg.train.train_rows)
+    if 0 < rows < len(splits["train"]):  # a prefix keeps row i = stored feature row i
+        splits["train"] = splits["train"].select(range(rows))
+    epochs = size_schedule(cfg, len(splits["train"]), world)
     counts = None
-    if cfg.head.type in ("eagle3", "dflash"):  # the draft vocabulary (and DFlash's mask token) from counts
+    if cfg.head.get("draft_vocab_size") is not None:  # the families with a reduced draft vocabulary
         vocab = int(target.get_output_embeddings().weight.shape[0])
         counts = token_counts(splits["train"], vocab, int(cfg.train.max_seq_len))
     seed_everything(int(cfg.seed))
-    drafter = build_drafter(cfg.head, target, token_counts=counts)
+    master = (
+        torch.bfloat16 if use_bf16(cfg.deepspeed, device) else torch.float32
+    )  # DeepSpeed keeps fp32 copies
+    drafter = build_drafter(cfg.head, target, token_counts=counts, dtype=master)
+    coverage = {}
+    if getattr(drafter, "t2d", None) is not None:  # a reduced draft vocabulary: how much of the data it covers
+        coverage = vocab_coverage(drafter, counts, splits["eval"], int(cfg.train.max_seq_len))
+    features = prepare_features(cfg, target, dataset_dir, splits, drafter, epochs, rank)
     tracker = make_tracker(cfg.logger, _plain(cfg), out, rank)
     trainer = Trainer(
-        cfg, target, drafter, splits, int(tokenizer.pad_token_id), out, rank, world, device, tracker
+        cfg, target, drafter, splits, int(tokenizer.pad_token_id), out, rank, world, device, tracker, features
     )
-    metrics = trainer.fit()
+    metrics = {**trainer.fit(), **coverage}
+    drafter.acceptance = trainer.acceptance_stats()
     summary = f"{len(splits['train'])} train / {len(splits['eval'])} eval conversations written by the target ({dataset_dir})"
     folder = export_drafter(
         trainer.engine, drafter, cfg, tokenizer_fingerprint(tokenizer), dataset_dir, summary, metrics
@@ -93,7 +107,7 @@ def _report(
     cfg: DictConfig, target: Any, tokenizer: Any, folder: Path, eval_split: Any
 ) -> dict[str, Any] | None:
     """End with decode/bench's acceptance report on the eval split; return it (None when the split is empty)."""
-    from selfspec.decode.report import print_table, run_report
+    from selfspec.decode.bench.report import print_table, run_report
 
     if len(eval_split) == 0:
         logger.info("the eval split is empty: skipping the acceptance report")

@@ -41,6 +41,12 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
+def wandb_project(cfg: Any) -> str:
+    """``logger.project`` when set on the command line, else ``$WANDB_PROJECT`` (the README's advice), else
+    ``selfspec``: passing ``project=`` always, as before, silently overrode the environment variable."""
+    return str(cfg.get("project") or os.environ.get("WANDB_PROJECT") or "selfspec")
+
+
 def make_tracker(cfg: Any, config: dict[str, Any], output_dir: Path, rank: int) -> Tracker:
     """The sink ``cfg`` (the ``logger`` group) asks for; a plain console Tracker off rank 0."""
     kind = str(cfg.type)
@@ -56,7 +62,7 @@ def make_tracker(cfg: Any, config: dict[str, Any], output_dir: Path, rank: int) 
         import wandb
 
         run = wandb.init(
-            project=str(cfg.project),
+            project=wandb_project(cfg),
             name=cfg.run_name or output_dir.name,
             dir=str(output_dir),
             config=config,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
+import torch
 
 from selfspec.data import build_dataset, load_splits
+from selfspec.data.builder import _wait_for, dataset_dir, dataset_meta
 from selfspec.utils import SelfspecError
 from tests.data.conftest import compose, write_jsonl
 
@@ -149,3 +153,83 @@ def test_self_prompts_impossible_is_an_error(tiny_target, tmp_path):
             "data.magpie.max_tokens=4",
             "data.magpie.relax_on_shortfall=false",
         )
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ranks_without_a_shared_cache_fail_within_the_timeout(
+    rank, tiny_target, tmp_path, monkeypatch, chat_file
+):
+    """One rank of two alone with its cache (a node-local default): rank 1 never sees rank 0's plan, rank 0
+    never sees rank 1's shards. Either way one clear line after data.wait_timeout_s, not a hang."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    start = time.monotonic()
+    with pytest.raises(SelfspecError, match="set data.cache_dir to a folder every rank") as err:
+        _build(
+            tiny_target,
+            tmp_path,
+            "data.source=jsonl",
+            f"data.path={chat_file}",
+            "data.num_prompts=2",
+            "data.shard_size=1",
+            "data.wait_timeout_s=2",
+        )
+    assert f"without any sign of rank {1 - rank}" in str(err.value) and "\n" not in str(err.value)
+    assert time.monotonic() - start < 60
+
+
+def test_a_slow_peer_is_waited_for_as_long_as_it_beats(tmp_path):
+    """A peer that keeps its heartbeat going is waited for past the timeout."""
+    work, done = tmp_path / "work", tmp_path / "work" / "COMPLETE"
+    (work / ".alive").mkdir(parents=True)
+
+    def peer() -> None:
+        for n in range(12):
+            (work / ".alive" / "0").write_text(str(n))
+            time.sleep(0.25)
+        done.write_text("ok")
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    start = time.monotonic()
+    _wait_for(done, "the peer", work, 0, timeout_s=1.0)
+    thread.join()
+    assert time.monotonic() - start > 2.0  # well past the timeout, without an error
+
+
+def test_batching_knobs_are_in_the_key_when_something_is_sampled(tiny_target, tmp_path, chat_file):
+    def key(*overrides: str):
+        cfg = compose(["target=tiny_random", f"data.cache_dir={tmp_path}", *overrides])
+        return dataset_dir(cfg, dataset_meta(cfg, *tiny_target))
+
+    greedy = ("data.source=jsonl", f"data.path={chat_file}")
+    assert key(*greedy, "data.batch_size=2", "data.shard_size=2") == key(*greedy, "data.batch_size=4")
+    hot = (*greedy, "data.temperature=0.7")
+    assert key(*hot, "data.batch_size=2") != key(*hot, "data.batch_size=4")
+    assert key(*hot, "data.shard_size=2") != key(*hot, "data.shard_size=4")
+    assert key("data.batch_size=2") != key("data.batch_size=4")  # source=self: Magpie samples the prompts
+    assert key("data.shard_size=2") == key("data.shard_size=4") == key("data.wait_timeout_s=5")
+
+
+def test_magpie_prompts_depend_on_the_batch_size(tiny_target):
+    """Why batch_size is in the key of a source=self dataset: one seeded stream, drawn slot by slot."""
+    from selfspec.data.config import MagpieConf
+    from selfspec.data.engine_hf import HFEngine
+    from selfspec.data.magpie import self_prompts
+    from selfspec.data.rollout import pad_id, stop_token_ids
+
+    model, tok = tiny_target
+
+    def prompts(batch_size: int) -> list[str]:
+        torch.manual_seed(0)
+        engine = HFEngine(model, stop_token_ids(model, tok), pad_id(tok), slots=batch_size)
+        return self_prompts(model, tok, 4, MagpieConf(max_tokens=8, max_attempts_factor=1), engine)[0]
+
+    assert prompts(1) != prompts(4)
+
+
+def test_one_prompt_with_a_large_eval_fraction_stays_in_train(tiny_target, tmp_path):
+    path = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "just this one"}])
+    out = _build(tiny_target, tmp_path, "data.source=jsonl", f"data.path={path}", "data.eval_fraction=0.6")
+    splits = load_splits(out)
+    assert len(splits["train"]) == 1 and len(splits["eval"]) == 0

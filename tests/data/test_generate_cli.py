@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import datasets
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "data" / "generate.py")
@@ -20,6 +21,7 @@ def _cmd(*overrides: str) -> list[str]:
     return [sys.executable, SCRIPT, "target=tiny_random", *overrides]
 
 
+@pytest.mark.timeout(300)
 def test_done_when_command(tmp_path):
     out = tmp_path / "D"
     proc = subprocess.run(
@@ -32,6 +34,7 @@ def test_done_when_command(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     splits = datasets.load_from_disk(str(out / "dataset"))
@@ -42,6 +45,7 @@ def test_done_when_command(tmp_path):
     assert meta["data"]["max_new_tokens"] == 16 and len(meta["weights_fingerprint"]) == 16
 
 
+@pytest.mark.timeout(540)
 def test_sigkill_then_resume(tmp_path, chat_file):
     cache = tmp_path / "cache"
     args = _cmd(
@@ -63,9 +67,9 @@ def test_sigkill_then_resume(tmp_path, chat_file):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert shards, "no shard was committed before the process ended"
-    (work,) = cache.iterdir()
+    (work,) = [p for p in cache.iterdir() if not p.name.startswith(".")]  # beside it: the builder's lock
     assert not (work / "COMPLETE").exists() and not (work / "dataset").exists()
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     splits = datasets.load_from_disk(str(work / "dataset"))
     idx = list(splits["train"]["prompt_index"]) + list(splits["eval"]["prompt_index"])

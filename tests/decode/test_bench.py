@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from selfspec.decode.bench_setup import bench_from_config
-from selfspec.decode.report import register_bench, run_report
+from selfspec.decode.bench.report import register_bench, run_report
+from selfspec.decode.bench.setup import bench_from_config
 from selfspec.heads import build_drafter, save_drafter
 from selfspec.target import tokenizer_fingerprint
 from selfspec.utils import SelfspecError
@@ -58,7 +58,7 @@ def test_report_files_and_rows(tmp_path, tiny_target):
 
 
 def test_bench_command_from_config(tmp_path, tiny_target):
-    """The Hydra config of ``decode/bench.py`` (conf/bench.yaml + schema) with a saved drafter and a prompts file."""
+    """The Hydra config of ``decode/bench/run.py`` (conf/bench.yaml + schema) with a saved drafter and a prompts file."""
     model, tok = tiny_target
     folder = save_drafter(
         build_drafter({"type": "eagle"}, model),

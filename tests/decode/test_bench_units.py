@@ -6,9 +6,14 @@ import json
 
 import pytest
 
-from selfspec.decode.baselines import ForwardRecord, position_counts, rounds_from_records, trim_new_tokens
-from selfspec.decode.bench_prompts import load_prompts_file, read_prompts_file
-from selfspec.decode.render import merge_reports, render_markdown
+from selfspec.decode.bench.baselines import (
+    ForwardRecord,
+    position_counts,
+    rounds_from_records,
+    trim_new_tokens,
+)
+from selfspec.decode.bench.prompts import load_prompts_file, read_prompts_file
+from selfspec.decode.bench.render import merge_reports, render_markdown
 from selfspec.utils import SelfspecError
 
 
@@ -118,7 +123,7 @@ def test_render_and_merge(tmp_path):
 
 
 def test_rates_from_few_rounds_are_marked(tmp_path):
-    from selfspec.decode.render import MIN_ROUNDS, plot_acceptance
+    from selfspec.decode.bench.render import MIN_ROUNDS, plot_acceptance
 
     report = _report([("target", 1.0), ("selfspec:eagle", 1.6)])
     report["methods"][1]["drafted_by_position"] = [MIN_ROUNDS * 5, MIN_ROUNDS - 1]

@@ -54,3 +54,19 @@ def test_slower_rerun_or_changed_output_fails(tmp_path):
     assert rc == 1 and "NOT within noise" in text
     rc, text = _run(tmp_path, a, _report([5.0, 5.5, 6.0, 5.2], [4.0, 4.6, 5.1, 4.0], identical=False))
     assert rc == 1 and "| yes / no |" in text
+
+
+def test_a_method_missing_from_one_run_is_not_within_noise(tmp_path):
+    a = _report([5.0, 5.5, 6.0, 5.2], [4.0, 4.6, 5.1, 4.0])
+    b = _report([5.1, 5.4, 6.1, 5.0], [4.1, 4.4, 5.0, 4.2])
+    b["methods"] = [m for m in b["methods"] if m["name"] != "selfspec:medusa"]
+    rc, text = _run(tmp_path, a, b)
+    assert rc == 1 and "NOT within noise" in text and "| selfspec:medusa | missing in B |" in text
+    rc, text = _run(tmp_path, b, a)
+    assert rc == 1 and "| selfspec:medusa | missing in A |" in text
+
+
+def test_a_single_prompt_cannot_be_judged_within_noise(tmp_path):
+    a, b = _report([5.0], [4.0]), _report([5.1], [9.0])
+    rc, text = _run(tmp_path, a, b)
+    assert rc == 1 and "NOT within noise" in text and "cannot tell (1 prompt)" in text

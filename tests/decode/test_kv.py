@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from selfspec.decode.kv import KVState
 from selfspec.decode.tree import ancestor_mask
 
 
-def _fake_cache(keys: torch.Tensor) -> DynamicCache:
-    cache = DynamicCache()
-    cache.update(keys.clone(), keys.clone() + 100, 0)
-    return cache
+def _write(kv: KVState, new: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """One fake forward of one layer: plan with ``new`` (B, T, P+T), write ``values`` (B, T); return the mask."""
+    mask = kv.mask(new)
+    states = values[:, None, :, None].float()  # (B, heads=1, T, D=1)
+    kv.cache.layers[0].update(states, states + 100)
+    return mask
 
 
-def test_commit_gathers_kept_slots_per_row():
-    # 2 rows, 3 committed slots (row 1 has a hole at slot 2), 4 new slots appended by one forward
-    keys = torch.arange(2 * 7, dtype=torch.float).view(2, 1, 7, 1)  # (B, heads, S, D)
-    kv = KVState(
-        _fake_cache(keys), torch.tensor([[True, True, True], [True, True, False]]), torch.tensor([3, 2])
-    )
+def test_commit_moves_kept_entries_per_row():
+    kv = KVState.empty(2, "cpu", num_layers=1, max_len=12)
+    causal = torch.ones(3, 3, dtype=torch.bool).tril().expand(2, 3, 3)
+    _write(kv, causal, torch.tensor([[0, 1, 2], [10, 11, 12]]))
+    kv.start(torch.tensor([[True, True, True], [False, True, True]]))  # row 1 left-padded
+    tree = torch.ones(2, 4, 4, dtype=torch.bool)
+    mask = _write(kv, tree, torch.tensor([[3, 4, 5, 6], [13, 14, 15, 16]]))
+    assert mask.shape == (2, 1, 4, 7)
+    assert mask[1, 0, 0].tolist() == [False, True, True, True, True, True, True]  # the pad stays hidden
     kv.commit(torch.tensor([[0, 2, 3], [1, 0, 0]]), torch.tensor([3, 1]))
-    got = kv.cache.layers[0].keys[:, 0, :, 0]
-    assert got.shape == (2, 6)
-    assert got[0].tolist() == [0, 1, 2, 3, 5, 6]  # slots 3+0, 3+2, 3+3 after the committed 0..2
-    assert got[1, :3].tolist() == [7, 8, 11]  # row 1: its 2 keys, then new slot 1 (= 7 + 3 + 1)
-    assert kv.valid.tolist() == [[True] * 6, [True, True, True, False, False, False]]
-    assert kv.length.tolist() == [6, 3]
-    assert torch.equal(kv.cache.layers[0].values, kv.cache.layers[0].keys + 100)
+    keys = kv.cache.layers[0].keys[:, 0, :, 0]
+    assert keys[0, :6].tolist() == [0, 1, 2, 3, 5, 6]  # pending entries 0, 2, 3 after the committed ones
+    assert keys[1, :4].tolist() == [10, 11, 12, 14]  # row 1 keeps pending entry 1 only
+    assert kv.length.tolist() == [6, 4] and kv.pending == 0
+    assert kv.valid[:, :7].tolist() == [[True] * 6 + [False], [False, True, True, True, False, False, False]]
+    layer = kv.cache.layers[0]
+    assert torch.equal(layer.values[:, :, :7], layer.keys[:, :, :7] + 100)  # K and V moved together
+
+
+def test_pending_entries_stack_until_commit():
+    """Two forwards in one step (draft tree levels): the second attends to the first's entries it names."""
+    kv = KVState.empty(1, "cpu", num_layers=1, max_len=12)
+    _write(kv, torch.ones(1, 2, 2, dtype=torch.bool).tril(), torch.tensor([[0, 1]]))
+    kv.start(torch.ones(1, 2, dtype=torch.bool))
+    _write(kv, torch.ones(1, 2, 2, dtype=torch.bool), torch.tensor([[2, 3]]))
+    mask = _write(kv, torch.tensor([[[False, True, True]]]), torch.tensor([[4]]))
+    assert mask[0, 0, 0].tolist() == [True, True, False, True, True]
+    kv.rollback()
+    assert kv.pending == 0 and kv.length.tolist() == [2]
 
 
 def test_tree_commit_matches_plain_forward(tiny_target):
@@ -38,7 +54,7 @@ def test_tree_commit_matches_plain_forward(tiny_target):
     prefix = torch.randint(0, 250, (1, 6))
     tree_tokens = torch.tensor([[11, 21, 22, 31, 32]])  # root 11; 21, 22 under it; 31 under 21; 32 under 22
     parents = torch.tensor([[-1, 0, 0, 1, 2]])
-    kv = KVState.empty(1, "cpu")
+    kv = KVState.empty(1, "cpu", num_layers=model.config.num_hidden_layers, max_len=16)
     causal = torch.ones(6, 6, dtype=torch.bool).tril()[None]
     model(
         prefix, attention_mask=kv.mask(causal), position_ids=torch.arange(6)[None], past_key_values=kv.cache

@@ -33,6 +33,7 @@ from selfspec.target import (
 
 pytestmark = [
     pytest.mark.interop,
+    pytest.mark.timeout(3600),  # the first test builds the client venvs (~9 min on 2 busy cores, each)
     pytest.mark.skipif(
         not os.environ.get("SELFSPEC_INTEROP"), reason="set SELFSPEC_INTEROP=1 (slow: builds venvs)"
     ),
@@ -76,9 +77,9 @@ def make_venv(name: str, installs: list[list[str]]) -> Path:
     python = venv / "bin" / "python"
     if not (venv / ".done").exists():
         start = time.time()
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
         for args in installs:
-            subprocess.run([str(python), "-m", "pip", "install", "-q", *args], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *args], check=True, timeout=1800)
         (venv / ".done").write_text(f"{time.time() - start:.0f}s\n")
     return python
 

@@ -43,11 +43,16 @@ def compose(overrides: list[str]):
 
 
 def run_cli(
-    args: list[str], launcher: list[str] | None = None, timeout: int = 300, script: str = "run.py"
+    args: list[str],
+    launcher: list[str] | None = None,
+    timeout: int = 300,
+    script: str = "run.py",
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``python train/<script> *args`` (or under ``launcher``) in a process group of its own."""
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
+    env.update(extra_env or {})
     cmd = (launcher or [sys.executable]) + [str(REPO / "train" / script), *args]
     # On a timeout the launcher's worker ranks die with the group, not just torchrun.
     proc = subprocess.Popen(

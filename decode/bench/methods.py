@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from selfspec.decode.baselines import hf_generate_fn, selfspec_generate_fn
+from selfspec.decode.bench.baselines import hf_generate_fn, selfspec_generate_fn
 from selfspec.utils import SelfspecError
 
 METHODS = ("target", "prompt_lookup", "assisted", "selfspec")
@@ -120,6 +120,7 @@ def build_methods(
                 "drafter_type": family,
                 "drafter_path": src,
                 "fn": selfspec_generate_fn(dec),
+                "decoder": dec,
             }
     order = {"target": 0, "prompt_lookup": 1, "assisted": 2, "selfspec": 3}
     return dict(sorted(rows.items(), key=lambda kv: order[kv[1]["method"]])), skipped

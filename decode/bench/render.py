@@ -28,7 +28,8 @@ parentheses rests on fewer than {min_rounds} rounds (few reached that position):
 - **tokens/s** and **speed-up**: total new tokens over total wall time, batch 1; speed-up over the target alone \
 measured in the same run, the methods interleaved prompt by prompt after a warm-up.
 - **identical**: every output equals `target.generate(do_sample=False)` token for token, up to EOS or \
-max_new_tokens."""
+max_new_tokens; *near-ties*: outputs that differ only where the reference's top two logits were closer than the \
+dtype's block-vs-single rounding noise (bf16), the first divergence of each prompt checked."""
 
 
 def display_name(row: dict[str, Any]) -> str:
@@ -77,10 +78,47 @@ def table_rows(report: dict[str, Any], positions: int = SHOWN_POSITIONS) -> tupl
                 *[_rate(m, k) for k in range(positions)],
                 _fmt(m["tokens_per_s"], ".1f"),
                 f"{m['speedup']:.2f}x" if m["speedup"] is not None else "n/a",
-                "yes" if m["identical"] else f"no ({m['mismatched_prompts']} prompts differ)",
+                _identical(m),
             ]
         )
     return header, rows
+
+
+def _identical(m: dict[str, Any]) -> str:
+    """yes; near-ties only (every divergence within the measured bf16 noise); or no."""
+    if m["identical"]:
+        return "yes"
+    n = m["mismatched_prompts"]
+    if m.get("near_ties_only"):
+        return f"near-ties ({n} prompts)"
+    return f"no ({n} prompts differ)"
+
+
+def _dtype_lines(report: dict[str, Any]) -> list[str]:
+    d = report.get("dtype")
+    if not d:
+        return []
+    lines = [f"- **dtype {d['dtype']}**: block-vs-single logit noise on this machine: max |Δ| "
+             f"{d['noise_max_abs_logit']:.3g} over {d['noise_positions']} positions "
+             f"({d['noise_argmax_flips']} argmax flips); a divergence from `generate` whose reference top-2 "
+             f"margin is within it is a near-tie."]  # fmt: skip
+    if "fp32_tokens_per_s" in d:
+        lines.append(
+            f"- **{d['dtype']} vs fp32**, the target alone on {d['paired_prompts']} paired prompts: "
+            f"{d['target_tokens_per_s']:.1f} vs {d['fp32_tokens_per_s']:.1f} tokens/s ({d['over_fp32']:.2f}x)."
+        )
+    return lines
+
+
+def _tree_lines(report: dict[str, Any]) -> list[str]:
+    out = []
+    for m in report["methods"]:
+        if m.get("tree"):
+            out.append(
+                f"- **{display_name(m)}** drafted a {m['tree']}; measured {m['mean_accepted_tokens']:.2f} "
+                f"tokens/step, {_fmt(m['speedup'])}x over `generate`."
+            )
+    return (["", "Trees (`tree=auto` unless the decode options force one):"] + out) if out else []
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -102,7 +140,9 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
         "",
         markdown_table(*table_rows(report)),
         "",
+        *_dtype_lines(report),
         FOOTNOTES.format(min_rounds=MIN_ROUNDS),
+        *_tree_lines(report),
     ]
     for name, why in report.get("skipped", {}).items():
         lines.append(f"- `{name}` not run: {why}.")
@@ -212,7 +252,7 @@ def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
         p = Path(p)
         if not p.is_file():
             raise SelfspecError(
-                f"bench report {str(p)!r} does not exist: run decode/bench.py or train/run.py first"
+                f"bench report {str(p)!r} does not exist: run decode/bench/run.py or train/run.py first"
             )
         reports.append(json.loads(p.read_text()))
     if not reports:

@@ -4,14 +4,16 @@
 always runs first) after a warm-up, and writes ``bench.json``, ``bench.md`` and ``acceptance.png``. The numbers:
 mean accepted tokens = new tokens per target forward (all methods counted the same way, see baselines.py),
 acceptance by position, tokens/s, speed-up over the target alone measured in the same run, and whether every
-output equals the target's greedy output token for token. ``python decode/bench.py`` is its command line;
+output equals the target's greedy output token for token. ``python decode/bench/run.py`` is its command line;
 ``train/run.py`` calls it at its end.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,13 +27,14 @@ from omegaconf import MISSING
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfspec.config import JobConf, TargetConf, register_core
-from selfspec.decode.baselines import PromptRun, eos_ids_of, measure
-from selfspec.decode.bench_methods import METHODS, build_methods, labelled
-from selfspec.decode.bench_prompts import prompts_from_split
-from selfspec.decode.render import render_markdown, write_outputs
-from selfspec.utils import SelfspecError
+from selfspec.decode.bench.baselines import PromptRun, eos_ids_of, measure
+from selfspec.decode.bench.lossless import block_noise, first_divergence, reference_margins
+from selfspec.decode.bench.methods import METHODS, build_methods, labelled
+from selfspec.decode.bench.prompts import prompts_from_split
+from selfspec.decode.bench.render import render_markdown, write_outputs
+from selfspec.utils import SelfspecError, dtype_name
 
-logger = logging.getLogger("selfspec.decode.report")
+logger = logging.getLogger("selfspec.decode.bench.report")
 
 
 @dataclass
@@ -41,13 +44,13 @@ class DecodeOptionsConf:
     depth: int | None = None  # draft levels
     topk: int | None = None  # children per expanded node (1: a chain)
     total_tokens: int | None = None  # draft tree size, root included
-    tree: bool | None = None  # false: chain drafting
+    tree: Any = None  # auto (null): sized from measured costs | true: the default tree | false: a chain
     medusa_choices: Any = None  # Medusa tree: paths of top-k choice indices
 
 
 @dataclass
 class BenchJobConf(JobConf):
-    """``python decode/bench.py drafter=PATH``; ``drafter=[P1,P2]`` compares several drafters in one run."""
+    """``python decode/bench/run.py drafter=PATH``; ``drafter=[P1,P2]`` compares several drafters in one run."""
 
     drafter: Any = MISSING  # a drafter folder, or a list of them
     prompts: str | None = None  # JSONL of {"messages": [...]} or {"prompt": "..."}; default: the eval split
@@ -87,6 +90,7 @@ def run_report(
     decoder_options: Mapping[str, Any] | None = None,
     prompt_lookup_num_tokens: int = 10,
     extra: Mapping[str, Any] | None = None,
+    fp32_prompts: int = 2,
 ) -> dict[str, Any]:
     """Benchmark ``drafters`` against the target alone and transformers' baselines; write and return the report.
 
@@ -98,6 +102,8 @@ def run_report(
     methods: a subset of ``("target", "prompt_lookup", "assisted", "selfspec")``; the target always runs, since
       speed-ups and the identical-output check are measured against it.
     decoder_options: keyword arguments of ``SpeculativeDecoder``. extra: copied into ``bench.json["settings"]``.
+    fp32_prompts: on a CPU with a non-fp32 target, the target alone in fp32 on this many prompts too (paired
+      with the target's own runs), so the report states what the dtype brings.
     Returns the ``bench.json`` dict.
     """
     ids = _prompt_ids(prompts, num_prompts)
@@ -105,6 +111,7 @@ def run_report(
         target, tokenizer, labelled(drafters), methods, decoder_options or {}, prompt_lookup_num_tokens
     )
     eos = eos_ids_of(target) or {tokenizer.eos_token_id}
+    trees = {name: row["decoder"].tree_choice() for name, row in rows.items() if "decoder" in row}  # untimed
     for prompt in ids[: max(warmup, 0)]:  # warm-up: allocator, kernels, lazy inits; not timed
         for row in rows.values():
             measure(row["kind"], row["fn"], target, prompt, min(max_new_tokens, 32), eos)
@@ -125,8 +132,10 @@ def run_report(
                 f"{n} {len(runs[n][-1].new_tokens) / runs[n][-1].wall_time_s:.1f} tok/s" for n in names
             ),
         )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    exactness = _exactness(target, ids, runs, pad)
     report = {
-        "schema_version": 1,
+        "schema_version": 2,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": _target_info(target),
         "settings": {
@@ -142,12 +151,79 @@ def run_report(
             "machine": platform.processor() or platform.machine(),
             **dict(extra or {}),
         },
-        "methods": [_summarise(name, rows[name], runs[name], runs["target"]) for name in names],
+        "dtype": _dtype_note(target, ids[:fp32_prompts], max_new_tokens, pad, exactness["noise"]),
+        "methods": [
+            {
+                **_summarise(name, rows[name], runs[name], runs["target"]),
+                **exactness["methods"].get(name, {}),
+                **_tree(trees.get(name)),
+            }
+            for name in names
+        ],  # fmt: skip
         "skipped": skipped,
     }
     if output_dir is not None:
         write_outputs(report, output_dir)
     return report
+
+
+def _tree(choice: Any) -> dict[str, Any]:
+    """The tree a selfspec row drafted, and what the cost model predicted for it."""
+    if choice is None:
+        return {}
+    return {"tree": choice.describe(), "predicted_speedup": choice.speedup, "predicted_tokens_per_step":
+            choice.tokens_per_step}  # fmt: skip
+
+
+def _exactness(
+    target: Any, ids: list[list[int]], runs: dict[str, list[PromptRun]], pad: int
+) -> dict[str, Any]:
+    """Per method and prompt: identical to the target's output, or the first divergence with the reference's
+    top-2 logit margin there, judged against the block-vs-single noise measured on the same outputs."""
+    base = runs["target"]
+    noise = block_noise(target, [p + r.new_tokens for p, r in zip(ids[:4], base, strict=False)],
+                        [len(p) for p in ids[:4]])  # fmt: skip
+    margins: dict[int, list[float]] = {}
+    out: dict[str, Any] = {}
+    for name, rs in runs.items():
+        divs = []
+        for j, (r, b) in enumerate(zip(rs, base, strict=True)):
+            i = first_divergence(r.new_tokens, b.new_tokens)
+            if i is None:
+                continue
+            if j not in margins:  # untimed: generate again, keeping the logits of each step
+                margins[j] = reference_margins(target, ids[j], b.new_tokens, pad)
+            m = margins[j][i] if i < len(margins[j]) else None
+            divs.append(
+                {"prompt": j, "index": i, "margin": m, "near_tie": m is not None and m <= noise.max_abs}
+            )
+        out[name] = {"divergences": divs, "near_ties_only": all(d["near_tie"] for d in divs)}
+    return {"noise": noise, "methods": out}
+
+
+def _dtype_note(target: Any, prompts: list[list[int]], max_new: int, pad: int, noise: Any) -> dict[str, Any]:
+    """The target's dtype, the block-vs-single noise, and (CPU, non-fp32) the target alone in fp32 as well."""
+    note = {"dtype": dtype_name(target.dtype), "noise_max_abs_logit": noise.max_abs,
+            "noise_positions": noise.positions, "noise_argmax_flips": noise.argmax_flips}  # fmt: skip
+    if target.dtype == torch.float32 or target.device.type != "cpu" or not prompts:
+        return note
+    fp32 = copy.deepcopy(target).float()
+    times = {"own": 0.0, "fp32": 0.0}
+    tokens = 0
+    for prompt in prompts:  # paired, alternating which runs first
+        for key, model in (
+            (("own", target), ("fp32", fp32)) if len(prompt) % 2 else (("fp32", fp32), ("own", target))
+        ):
+            x = torch.tensor([prompt], device=target.device)
+            t0 = time.perf_counter()
+            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, min_new_tokens=max_new,
+                           do_sample=False, pad_token_id=pad)  # fmt: skip
+            times[key] += time.perf_counter() - t0
+        tokens += max_new
+    del fp32
+    note.update(target_tokens_per_s=tokens / times["own"], fp32_tokens_per_s=tokens / times["fp32"],
+                over_fp32=times["fp32"] / times["own"], paired_prompts=len(prompts))  # fmt: skip
+    return note
 
 
 def _prompt_ids(prompts: Any, num_prompts: int | None) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""Benchmark a trained drafter: ``python decode/bench.py drafter=outputs/eagle/drafter max_new_tokens=128``.
+"""Benchmark a trained drafter: ``python decode/bench/run.py drafter=outputs/eagle/drafter max_new_tokens=128``.
 
 Runs held-out prompts through the target alone, transformers' prompt lookup and assisted generation, and
 selfspec's decoder; writes bench.json, bench.md and acceptance.png to ``output_dir`` and prints the table.
@@ -13,8 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 from selfspec.config import CONFIG_PATH
-from selfspec.decode.bench_setup import bench_from_config
-from selfspec.decode.report import print_table, register_bench
+from selfspec.decode.bench.report import print_table, register_bench
+from selfspec.decode.bench.setup import bench_from_config
 from selfspec.utils import exit_on_user_error, setup_logging
 
 logger = logging.getLogger("selfspec.decode.bench")

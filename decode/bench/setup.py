@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from selfspec.decode.bench_prompts import load_prompts_file, prompts_from_dataset_dir
-from selfspec.decode.report import run_report
+from selfspec.decode.bench.prompts import load_prompts_file, prompts_from_dataset_dir
+from selfspec.decode.bench.report import run_report
 from selfspec.target import load_target
 from selfspec.utils import SelfspecError, seed_everything
 

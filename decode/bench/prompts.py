@@ -95,9 +95,18 @@ def _messages_of(record: Any, where: str) -> list[dict[str, str]]:
     raise SelfspecError(f'{where}: no "messages" or "prompt" key (keys: {sorted(record)})')
 
 
+# Prompt sets shipped with selfspec, by name (``prompts=other_kinds``): never used for training.
+BUILTIN = {
+    # 48 prompts written for selfspec, round-robin over code (16), math (16) and two-turn conversations (16):
+    # kinds of prompt unlike the target's self-written training prompts.
+    "other_kinds": Path(__file__).parent / "prompts_data" / "other_kinds.jsonl",
+}
+
+
 def read_prompts_file(path: str | Path) -> list[list[dict[str, str]]]:
-    """Parse a JSONL file of ``{"messages": [...]}`` or ``{"prompt": "..."}`` lines (blank lines skipped)."""
-    path = Path(path)
+    """Parse a JSONL file of ``{"messages": [...]}`` or ``{"prompt": "..."}`` lines (blank lines skipped), or a
+    built-in prompt set by name (``BUILTIN``)."""
+    path = BUILTIN.get(str(path), Path(path))
     if not path.is_file():
         raise SelfspecError(f"prompts file {str(path)!r} does not exist: give a JSONL file of chat prompts")
     conversations = []

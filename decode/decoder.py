@@ -255,8 +255,11 @@ class _Run:
         causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
         new = (causal & self.mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)  # pads see self
         target = self.dec.target
-        capacity = p + self.max_new + self.proposer.tree_size + 2  # committed tokens + one pending tree
-        self.kv = KVState.empty(b, dev, target.config.get_text_config().num_hidden_layers, capacity)
+        # A live row commits at most p + max_new + tree_size entries; one pending tree rides past them.
+        tree = self.proposer.tree_size
+        capacity = p + self.max_new + 2 * tree + 2
+        layers = target.config.get_text_config().num_hidden_layers
+        self.kv = KVState.empty(b, dev, layers, capacity, reserve=tree + 1)
         out = target_forward(
             target, self.ids, self.kv.mask(new), pos, self.kv.cache, self.layers, logits_to_keep=1
         )

@@ -18,8 +18,12 @@ from selfspec.slots import SlotCache
 class KVState:
     """A ``SlotCache`` plus which of its positions each row may attend to."""
 
-    def __init__(self, cache: SlotCache, batch: int, device: torch.device | str) -> None:
+    def __init__(self, cache: SlotCache, batch: int, device: torch.device | str, reserve: int = 0) -> None:
+        """``reserve``: slots kept free past the committed ones for one step's pending entries; a row whose
+        committed entries reach ``max_len - reserve`` commits no more (only a finished row, whose later steps
+        are discarded, gets there: the caller sizes the cache for every live row)."""
         self.cache = cache
+        self.limit = cache.max_len - reserve
         self.valid = torch.zeros(
             batch, cache.max_len, dtype=torch.bool, device=device
         )  # committed, attendable
@@ -29,9 +33,14 @@ class KVState:
 
     @classmethod
     def empty(
-        cls, batch: int, device: torch.device | str, num_layers: int = 1, max_len: int = 4096
+        cls,
+        batch: int,
+        device: torch.device | str,
+        num_layers: int = 1,
+        max_len: int = 4096,
+        reserve: int = 0,
     ) -> KVState:
-        return cls(SlotCache(num_layers, batch, max_len), batch, device)
+        return cls(SlotCache(num_layers, batch, max_len), batch, device, reserve)
 
     def mask(self, new: torch.Tensor, written: int | None = None) -> torch.Tensor:
         """Plan a forward that writes ``written`` new entries (default: one per query) and return its 4D bool
@@ -60,13 +69,16 @@ class KVState:
         """Keep, per row, the pending entries ``keep[b, :n_keep[b]]`` (indices among the pending entries), in
         that order, as committed keys; the other pending entries are dropped. ``n_host``: ``n_keep`` already
         on the host (the decoder reads it once per step); without it, it is read here."""
+        n_host = n_keep.tolist() if n_host is None else n_host
+        if max(h + n for h, n in zip(self.host_length, n_host, strict=True)) > self.limit:  # finished rows
+            n_host = [max(0, min(n, self.limit - h)) for h, n in zip(self.host_length, n_host, strict=True)]
+            n_keep = torch.tensor(n_host, device=n_keep.device)
         j = torch.arange(keep.shape[1], device=keep.device)[None]  # (1, K)
-        dst = self.length[:, None] + j
+        dst = (self.length[:, None] + j).clamp(max=self.cache.max_len - 1)
         used = j < n_keep[:, None]
         self.cache.move(torch.where(used, self.length[:, None] + keep, dst), dst)
         self.valid.scatter_(1, dst, self.valid.gather(1, dst) | used)
         self.length = self.length + n_keep
-        n_host = n_keep.tolist() if n_host is None else n_host
         self.host_length = [a + b for a, b in zip(self.host_length, n_host, strict=True)]
         self.pending = 0
 

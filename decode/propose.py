@@ -138,7 +138,8 @@ class CachedProposer:
         pending ones of one step (a segment, then the fed tree levels)."""
         b = ids.shape[0]
         layers = _num_layers(self.drafter) if self.kind == "draft_model" else 1
-        self.kv = KVState.empty(b, ids.device, layers, max_len + self.depth * (self.topk + 1) + 2)
+        step = self.depth * (self.topk + 1) + 2  # one step's pending entries: a segment, the fed levels
+        self.kv = KVState.empty(b, ids.device, layers, max_len + step, reserve=step)
         ones = torch.ones(b, 1, dtype=torch.bool, device=ids.device)
         if self.kind == "draft_model":  # the whole prompt plus the first token, at their own positions
             toks = torch.cat([ids, first[:, None]], 1)

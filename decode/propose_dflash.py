@@ -81,7 +81,8 @@ class DFlashProposer:
         """After prefill: the prompt's features are the first context. ``max_len``: the target's cache
         capacity; the drafter's holds as many context entries plus one step's pending ones."""
         layers = len(self.drafter.layers)
-        self.kv = KVState.empty(ids.shape[0], ids.device, layers, max_len + self.drafter.block_size + 2)
+        step = 2 * self.drafter.block_size + 2  # one step's pending entries: the context, then the block
+        self.kv = KVState.empty(ids.shape[0], ids.device, layers, max_len + step, reserve=step)
         self.pending = _Context(self.drafter.fuse(torch.cat(list(feats), -1)), positions, valid.bool())
 
     def update(self, acc: Acceptance, tree: DraftTree, feats: Sequence[torch.Tensor], root_pos) -> None:

@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from selfspec.heads import build_drafter
 from selfspec.target import EMBEDDED_TARGET, load_target
+from selfspec.utils import dtype_name, resolve_dtype
 
 
 def timeit(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
@@ -53,7 +54,7 @@ def _cached_step(drafter, hidden: torch.Tensor, ctx: int) -> Callable[[], object
 def _dflash_step(drafter, ctx: int) -> Callable[[], object]:
     """A DFlash step at position ``ctx``: one new context entry and the block, over a warm context cache."""
     h, k = drafter.config.hidden_size, drafter.block_size
-    aux = torch.randn(1, ctx + 1, len(drafter.feature_layers()) * h)
+    aux = torch.randn(1, ctx + 1, len(drafter.feature_layers()) * h, dtype=next(drafter.parameters()).dtype)
     cache = DynamicCache()
     context = drafter.fuse(aux)  # (1, ctx+1, H)
     block = drafter.block_ids(torch.zeros(1, dtype=torch.long))  # (1, K)
@@ -72,7 +73,7 @@ def _dflash_step(drafter, ctx: int) -> Callable[[], object]:
 def rows(target, ctx: int, repeat: int, vocab_sizes: list[int]) -> list[tuple[str, float, int]]:
     """(name, ms per step, tokens drafted per step)."""
     h = target.config.hidden_size
-    hidden = torch.randn(1, 1, h)
+    hidden = torch.randn(1, 1, h, dtype=target.dtype)
     out: list[tuple[str, float, int]] = []
     ids = torch.zeros(1, 1, dtype=torch.long)
     cache = DynamicCache()
@@ -166,26 +167,36 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--vocab", type=int, nargs="*", default=[0, 32768, 16384, 8192])
     p.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64], help="verified nodes")
+    p.add_argument("--dtypes", nargs="*", default=["fp32", "auto"], help="one column per dtype (auto: bf16 on "
+                   "a CPU with native bf16): whether drafters should run in the target's dtype")  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    target, _ = load_target(args.target, device="cpu", dtype="fp32")
+    names = list(dict.fromkeys(dtype_name(resolve_dtype(d, "cpu")) for d in args.dtypes))
+    tables, verifies = [], []
+    for name in names:
+        target, _ = load_target(args.target, device="cpu", dtype=name)
+        with torch.inference_mode():
+            tables.append(rows(target, args.ctx, args.repeat, args.vocab))
+            verifies.append(verify_rows(target, args.ctx, args.repeat, args.sizes))
     c = target.config
-    with torch.inference_mode():
-        table = rows(target, args.ctx, args.repeat, args.vocab)
-        verify = verify_rows(target, args.ctx, args.repeat, args.sizes)
     print(
-        f"\ntarget {args.target}: H={c.hidden_size} V={c.vocab_size} L={c.num_hidden_layers}, "
-        f"ctx={args.ctx}, batch 1, fp32 CPU, {torch.get_num_threads()} threads, min of {args.repeat}"
+        f"\ntarget {args.target}: H={c.hidden_size} V={c.vocab_size} L={c.num_hidden_layers}, ctx={args.ctx}, "
+        f"batch 1, CPU, {torch.get_num_threads()} threads, min of {args.repeat}; ms per draft step by dtype"
     )
-    print(f"{'drafter / step':<46} {'ms/step':>8} {'ms/token':>9} {'vs target fwd':>14}")
-    ref = table[0][1]
-    for name, ms, k in table:
-        print(f"{name:<46} {ms:8.2f} {ms / k:9.2f} {ms / k / ref:13.2f}x")
-    print(f"\n{'verified nodes (one target forward)':<46} {'ms':>8} {'break-even accepted/step':>25}")
-    one = dict(verify).get(1, ref)
-    for n, ms in verify:
-        print(f"{n:<46} {ms:8.2f} {ms / one:25.2f}")
+    print(f"{'drafter / step':<46}" + "".join(f" {n + ' ms':>10} {'/token':>8} {'x fwd':>6}" for n in names))
+    for i, (label, _, k) in enumerate(tables[0]):
+        cells = []
+        for t in tables:
+            ms, ref = t[i][1], t[0][1]
+            cells.append(f" {ms:10.2f} {ms / k:8.2f} {ms / k / ref:6.2f}")
+        print(f"{label:<46}" + "".join(cells))
+    print(
+        f"\n{'verified nodes (one target forward)':<46}"
+        + "".join(f" {n + ' ms':>10} {'x 1':>8}" for n in names)
+    )
+    for i, (n, _) in enumerate(verifies[0]):
+        print(f"{n:<46}" + "".join(f" {v[i][1]:10.2f} {v[i][1] / v[0][1]:8.2f}" for v in verifies))
 
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ class Eagle3(DraftVocab, Drafter):
         pos_emb = self.rotary_emb(hidden, position_ids)
         out = self.midlayer(emb, hidden, pos_emb, mask, past_key_values)  # (B, T, H)
         h = self.norm(out)
-        if h.numel() // h.shape[-1] > 64:  # training: the module call, so ZeRO-3 gathers its partitioned weight
+        # training: the module call, so ZeRO-3 gathers its partitioned weight
+        if h.numel() // h.shape[-1] > 64:
             return out, self.lm_head(h)
         return out, project(h, self.lm_head.weight)  # drafting: == self.lm_head(h), faster for few rows

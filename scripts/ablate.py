@@ -31,7 +31,6 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("eagle3 (default)", "baseline", ["+experiment=eagle3"]),
     ("eagle3 ttt_steps=3", "TTT length", ["+experiment=eagle3", "head.ttt_steps=3"]),
     ("eagle3 ttt_steps=5", "TTT length", ["+experiment=eagle3", "head.ttt_steps=5"]),
-    ("eagle3 ttt_steps=7", "TTT length", ["+experiment=eagle3", "head.ttt_steps=7"]),
     ("eagle3 fc_init=random", "fc initialisation", ["+experiment=eagle3", "head.fc_init=random"]),
     ("eagle3 lr=3e-4", "learning rate", ["+experiment=eagle3", "train.lr=3e-4"]),
     ("eagle3 lr=3e-3", "learning rate", ["+experiment=eagle3", "train.lr=3e-3"]),
@@ -62,6 +61,9 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("medusa num_layers=2", "Medusa head depth", ["+experiment=medusa", "head.num_layers=2"]),
     ("draft (default)", "baseline", ["+experiment=draft"]),
     ("draft num_layers=6", "draft model depth", ["+experiment=draft", "head.num_layers=6"]),
+    ("dflash (default)", "baseline", ["+experiment=dflash"]),
+    ("dflash num_layers=1", "DFlash depth", ["+experiment=dflash", "head.num_layers=1"]),
+    ("dflash lr=3e-3", "DFlash learning rate", ["+experiment=dflash", "train.lr=3e-3"]),
 ]
 
 

@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
 # make reproduce   (or: bash scripts/reproduce.sh)
-# The whole CPU pipeline behind the README's results table, from a clean clone:
-#   1. python train/run.py +experiment=X for X in medusa eagle eagle3 dflash draft (each: the target writes its data,
-#      the drafter trains, is exported to $RUNS/X/drafter, and its own report lands in $RUNS/X/report);
-#   2. one combined bench: every drafter and the baselines on the same held-out prompts, interleaved;
-#   3. results/README_table.md (+ .json) from the combined bench, results/train_reports.md from the per-run
-#      reports, results/acceptance.png, and results/budget.md with the wall time of every stage.
-# Budget: aim under 2 hours on 2 CPU cores with the defaults (embedded SmolLM2-135M-Instruct target).
-# Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, TITLE, TRAIN_ARGS (extra Hydra overrides for every
-# training run), BENCH_ARGS (for the combined bench), e.g. a smoke test of the script itself:
-#   TRAIN_ARGS="target=tiny_random data.num_prompts=16 train.max_steps=5" BENCH_ARGS="num_prompts=2" make reproduce
+# The whole CPU pipeline behind the README's results, from a clean clone (about 9 hours on 2 CPU cores):
+#   1. the long dataset: the target writes $LONG_PROMPTS prompts of its own and answers them (data/generate.py);
+#   2. python train/run.py +experiment=X_long for X in $EXPERIMENTS, on that dataset (its target features are
+#      stored once, by the first run, and reused by the others); drafters in $RUNS/X/drafter;
+#   3. the quick-start EAGLE-3 (python train/run.py +experiment=eagle3, its own 256-prompt dataset);
+#   4. one combined bench of every long drafter and the baselines on the long dataset's held-out prompts, and
+#      another on the shipped prompt set of other kinds (code, math, two-turn), then the quick-start EAGLE-3 on
+#      both sets; greedy, 128 new tokens, batch 1, the target's dtype (bf16 on a CPU with native bf16);
+#   5. the oracle drafter (the decoder's efficiency), the scaling curve of EAGLE-3 against training tokens
+#      (the long run is its largest point), and economize on the same exported heads (if its venv exists);
+#   6. results/*.md and *.png, and results/budget.md with the wall time of every stage.
+# Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, LONG_PROMPTS, BENCH_PROMPTS, TRAIN_ARGS (extra Hydra
+# overrides for every training run), ECONOMIZE_VENV, SKIP (stage names to skip: quick scaling oracle economize).
+# A smoke test of the script itself:
+#   TRAIN_ARGS="target=tiny_random train.max_steps=3 train.epochs=0" LONG_PROMPTS=16 BENCH_PROMPTS=2 \
+#     SKIP="scaling economize" make reproduce
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python}
 RUNS=${RUNS:-outputs/reproduce}
 RESULTS=${RESULTS:-results}
-EXPERIMENTS=${EXPERIMENTS:-medusa eagle eagle3 dflash draft}
+EXPERIMENTS=${EXPERIMENTS:-eagle3 eagle medusa dflash draft}
+LONG_PROMPTS=${LONG_PROMPTS:-3072}
+BENCH_PROMPTS=${BENCH_PROMPTS:-24}
 TRAIN_ARGS=${TRAIN_ARGS:-}
-BENCH_ARGS=${BENCH_ARGS:-num_prompts=null max_new_tokens=128}  # every held-out prompt (6 of 64 by default)
-TITLE=${TITLE:-Results: SmolLM2-135M-Instruct target on a 2-core CPU}
+ECONOMIZE_VENV=${ECONOMIZE_VENV:-/work/venvs/economize}
+SKIP=${SKIP:-}
+TITLE="SmolLM2-135M-Instruct target on a 2-core CPU"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
 
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS" "$RUNS"
 budget="$RESULTS/budget.md"
 printf '| stage | wall time (s) |\n|---|---:|\n' > "$budget.tmp"
 t_all=$(date +%s)
@@ -33,28 +42,53 @@ stage() {  # stage NAME COMMAND...: run, time, and log a row of the budget table
     "$@"
     printf '| %s | %d |\n' "$name" "$(( $(date +%s) - t0 ))" >> "$budget.tmp"
 }
+skipped() { [[ " $SKIP " == *" $1 "* ]]; }
 
+# shellcheck disable=SC2086  # TRAIN_ARGS is a list of Hydra overrides
+stage "long data ($LONG_PROMPTS prompts)" "$PYTHON" data/generate.py "data.num_prompts=$LONG_PROMPTS" \
+    "output_dir=$RUNS/data" $TRAIN_ARGS
 drafters=()
-reports=()
 for x in $EXPERIMENTS; do
-    # shellcheck disable=SC2086  # TRAIN_ARGS is a list of Hydra overrides
-    stage "train $x" "$PYTHON" train/run.py "+experiment=$x" "output_dir=$RUNS/$x" $TRAIN_ARGS
+    # shellcheck disable=SC2086
+    stage "train ${x}_long" "$PYTHON" train/run.py "+experiment=${x}_long" "data.num_prompts=$LONG_PROMPTS" \
+        "output_dir=$RUNS/$x" train.report=false $TRAIN_ARGS
     drafters+=("$RUNS/$x/drafter")
-    [ -f "$RUNS/$x/report/bench.json" ] && reports+=("$RUNS/$x/report/bench.json")
 done
-
 list=$(IFS=,; echo "${drafters[*]}")
-# shellcheck disable=SC2086
-stage "combined bench" "$PYTHON" decode/bench/run.py "drafter=[$list]" "output_dir=$RESULTS/bench" $BENCH_ARGS
-stage "tables" "$PYTHON" scripts/merge_bench.py "$RESULTS/README_table.md" "$RESULTS/bench/bench.json" \
-    --title "$TITLE"
-cp "$RESULTS/bench/acceptance.png" "$RESULTS/acceptance.png"
-if [ ${#reports[@]} -gt 0 ]; then
-    "$PYTHON" scripts/merge_bench.py "$RESULTS/train_reports.md" "${reports[@]}" \
-        --title "Reports printed at the end of each training run"
+bench=(decode/bench/run.py "max_new_tokens=128" "num_prompts=$BENCH_PROMPTS")
+stage "bench, held-out prompts" "$PYTHON" "${bench[@]}" "drafter=[$list]" "output_dir=$RESULTS/bench"
+stage "bench, other kinds" "$PYTHON" "${bench[@]}" "drafter=[$list]" prompts=other_kinds num_prompts=null \
+    "output_dir=$RESULTS/bench_other_kinds"
+
+if ! skipped quick; then
+    # shellcheck disable=SC2086
+    stage "train eagle3 (quick start)" "$PYTHON" train/run.py +experiment=eagle3 "output_dir=$RUNS/eagle3_quick" \
+        train.report=false $TRAIN_ARGS
+    quick=("drafter=$RUNS/eagle3_quick/drafter" "methods=[target,selfspec]")
+    stage "bench quick eagle3, held-out" "$PYTHON" "${bench[@]}" "${quick[@]}" "output_dir=$RESULTS/quick/bench"
+    stage "bench quick eagle3, other kinds" "$PYTHON" "${bench[@]}" "${quick[@]}" prompts=other_kinds \
+        num_prompts=null "output_dir=$RESULTS/quick/bench_other_kinds"
 fi
+if ! skipped oracle; then
+    stage "oracle drafter" bash -c "'$PYTHON' decode/bench/oracle.py > '$RESULTS/oracle.md'"
+fi
+if ! skipped scaling; then
+    # shellcheck disable=SC2086
+    stage "scaling curve" "$PYTHON" scripts/scaling.py --runs "$RUNS/scaling" --out "$RESULTS/scaling" \
+        --reuse "$((LONG_PROMPTS * 9 / 10))=$RUNS/eagle3" -- "data.num_prompts=$LONG_PROMPTS" $TRAIN_ARGS
+fi
+if ! skipped economize && [ -x "$ECONOMIZE_VENV/bin/python" ]; then
+    stage "economize" bash -c "'$PYTHON' scripts/economize_compare.py --venv '$ECONOMIZE_VENV' \
+        --drafter '$RUNS/eagle3/drafter' --drafter '$RUNS/medusa/drafter' > '$RESULTS/economize.md'"
+fi
+
+stage "tables" "$PYTHON" scripts/merge_bench.py "$RESULTS/README_table.md" "$RESULTS/bench/bench.json" \
+    --title "Held-out prompts (the long dataset's eval split): $TITLE"
+"$PYTHON" scripts/merge_bench.py "$RESULTS/other_kinds_table.md" "$RESULTS/bench_other_kinds/bench.json" \
+    --title "Prompts of other kinds (code, math, two-turn; never trained on): $TITLE"
+cp "$RESULTS/bench/acceptance.png" "$RESULTS/acceptance.png"
 
 printf '| **total** | **%d** |\n' "$(( $(date +%s) - t_all ))" >> "$budget.tmp"
 mv "$budget.tmp" "$budget"
-echo "== done: $RESULTS/README_table.md, $budget" >&2
+echo "== done: $RESULTS/README_table.md, $RESULTS/other_kinds_table.md, $budget" >&2
 cat "$budget"

@@ -29,21 +29,26 @@ def _cmd(script: str, *args: str) -> None:
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def point(rows: int, args: argparse.Namespace) -> dict:
-    out = Path(args.runs) / f"rows_{rows}"
-    done = out / "point.json"
+def point(rows: int, args: argparse.Namespace, reuse: Path | None = None) -> dict:
+    """One point: train on the first ``rows`` conversations (or take the finished run ``reuse``), then bench."""
+    out = reuse or Path(args.runs) / f"rows_{rows}"
+    done = Path(args.runs) / f"rows_{rows}" / "point.json"
     if done.is_file():
         return json.loads(done.read_text())
     per_step = 4  # train.micro_batch_size of the eagle3 experiments, grad_accum 1, one rank
     steps = max(args.min_steps, math.ceil(args.epochs * rows / per_step))
-    _cmd("train/run.py", "+experiment=eagle3", f"train.train_rows={rows}", f"train.max_steps={steps}",
-         "train.report=false", "train.save_every=0", f"output_dir={out}", *args.shared)  # fmt: skip
+    if reuse is None:
+        _cmd("train/run.py", "+experiment=eagle3", f"train.train_rows={rows}", f"train.max_steps={steps}",
+             "train.epochs=0", "train.report=false", "train.save_every=0", f"output_dir={out}",
+             *args.shared)  # fmt: skip
     meta = yaml.safe_load((out / "drafter" / "train_config.yaml").read_text())
+    steps = int(meta["metrics"].get("train/steps", steps))
     from datasets import load_from_disk
 
-    split = load_from_disk(meta["dataset_dir"])["train"].select(range(rows))
+    split = load_from_disk(meta["dataset_dir"])["train"]
+    split = split.select(range(min(rows, len(split))))
     tokens = sum(sum(m) for m in split["loss_mask"])
-    bench = out / "bench"
+    bench = done.parent / "bench"
     _cmd("decode/bench/run.py", f"drafter={out / 'drafter'}", f"num_prompts={args.prompts}",
          "max_new_tokens=128", "methods=[target,selfspec]", f"output_dir={bench}")  # fmt: skip
     report = json.loads((bench / "bench.json").read_text())
@@ -59,6 +64,7 @@ def point(rows: int, args: argparse.Namespace) -> dict:
         "tau_chain5": acc["tau_chain"][min(4, len(acc["tau_chain"]) - 1)],
         "eval_top1": meta["metrics"].get("eval/top1_step1"),
     }
+    done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1))
     return result
 
@@ -67,7 +73,7 @@ def render(points: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "# EAGLE-3 against training data",
         "",
-        f"`python scripts/scaling.py --rows {' '.join(map(str, args.rows))} -- {' '.join(args.shared)}`: the same "
+        f"`python scripts/scaling.py --rows {' '.join(map(str, args.rows))} {' '.join('--reuse ' + r for r in args.reuse)} -- {' '.join(args.shared)}`: the same "
         f"{args.prompts} held-out prompts for every point, greedy, 128 new tokens, batch 1, tree=auto.",
         "",
         "| train conversations | train tokens | steps | eval top-1 @1 | tau_chain5 (teacher-forced) | mean accepted "
@@ -106,15 +112,23 @@ def plot(points: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[32, 128, 512, 2048])
+    ap.add_argument("--rows", type=int, nargs="*", default=[64, 256, 1024])
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--min-steps", type=int, default=150)
     ap.add_argument("--prompts", type=int, default=24, help="held-out prompts benched per point")
     ap.add_argument("--runs", default="outputs/scaling")
     ap.add_argument("--out", default="results/scaling")
+    ap.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="ROWS=RUN",
+        help="a finished eagle3 run folder to use as the point of ROWS conversations (e.g. the long run)",
+    )
     ap.add_argument("shared", nargs="*", help="Hydra overrides for every training run (after --)")
     args = ap.parse_args()
-    points = [point(r, args) for r in args.rows]
+    reuse = {int(k): Path(v) for k, v in (r.split("=", 1) for r in args.reuse)}
+    points = [point(r, args, reuse.get(r)) for r in sorted(set(args.rows) | set(reuse))]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(render(points, args))

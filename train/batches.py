@@ -57,9 +57,11 @@ class Batches:
         shuffle: bool = True,
         features: Any = None,
         split_name: str = "train",
+        group_by_length: bool = False,
     ) -> None:
         """``features``: a ``selfspec.data.features.FeatureStore`` whose ``split_name`` rows are this split's
-        (offline mode); batches then carry the stored target features."""
+        (offline mode); batches then carry the stored target features. ``group_by_length``: micro batches of
+        similar lengths (less padding), see ``order``."""
         if len(split) == 0:
             raise SelfspecError(
                 "the dataset's train split is empty: raise data.num_prompts or lower data.eval_fraction"
@@ -71,14 +73,31 @@ class Batches:
         self.sampler = DistributedSampler(
             range(len(split)), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
         )
+        self.seed = seed
+        self.lengths = [min(len(x), max_len) for x in split["input_ids"]] if group_by_length else None
 
     def __len__(self) -> int:
         """Micro batches per epoch on this rank (the same on every rank: the sampler pads)."""
         return max(1, -(-len(self.sampler) // self.mbs))
 
-    def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def order(self, epoch: int, window: int = 16) -> list[int]:
+        """This rank's row order for ``epoch``: the sampler's shuffle; with length grouping, each run of
+        ``window`` micro batches is sorted by length, cut into micro batches, and those are shuffled (seeded by
+        the epoch, so a resumed run sees the same batches). Random rows of 4 pad to their longest by ~20%."""
         self.sampler.set_epoch(epoch)
-        order = list(self.sampler)
+        order = [int(i) for i in self.sampler]
+        if self.lengths is None:
+            return order
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        out, w = [], self.mbs * window
+        for s in range(0, len(order), w):
+            rows = sorted(order[s : s + w], key=lambda i: self.lengths[i])
+            batches = [rows[j : j + self.mbs] for j in range(0, len(rows), self.mbs)]
+            out += [i for p in torch.randperm(len(batches), generator=gen).tolist() for i in batches[p]]
+        return out
+
+    def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        order = self.order(epoch)
         for b in range(start, len(self)):
             idx = [int(i) for i in order[b * self.mbs : (b + 1) * self.mbs]]
             feats = None

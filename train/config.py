@@ -49,6 +49,7 @@ class TrainConf:
     micro_batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 512  # longer conversations are truncated (prompt first, so the response tail goes)
+    group_by_length: bool = True  # micro batches of similar lengths: less padding
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 10

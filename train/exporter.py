@@ -60,7 +60,7 @@ A speculative-decoding drafter ({drafter.drafter_type}) trained by selfspec on t
 
 - target: `{target_name}`
 - training data: {data_summary}
-- top-1 agreement with the target ({label} k predicts the token k+1 ahead of the target's next token):
+- top-1 agreement with the target ({label} k predicts the k-th token after the target's own next token):
 
 {table}
 {extra}

@@ -142,7 +142,13 @@ class Trainer:
             "world": world,
             "seed": int(cfg.seed),
         }
-        self.train_batches = Batches(splits["train"], shuffle=True, features=features, **mk)
+        self.train_batches = Batches(
+            splits["train"],
+            shuffle=True,
+            features=features,
+            group_by_length=bool(self.t.group_by_length),
+            **mk,
+        )
         self.eval_batches = None
         if len(splits["eval"]):
             self.eval_batches = Batches(

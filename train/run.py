@@ -74,7 +74,8 @@ def train_job(cfg: DictConfig) -> TrainResult:
     )  # DeepSpeed keeps fp32 copies
     drafter = build_drafter(cfg.head, target, token_counts=counts, dtype=master)
     coverage = {}
-    if getattr(drafter, "t2d", None) is not None:  # a reduced draft vocabulary: how much of the data it covers
+    # a reduced draft vocabulary: how much of the data it covers
+    if getattr(drafter, "t2d", None) is not None:
         coverage = vocab_coverage(drafter, counts, splits["eval"], int(cfg.train.max_seq_len))
     features = prepare_features(cfg, target, dataset_dir, splits, drafter, epochs, rank)
     tracker = make_tracker(cfg.logger, _plain(cfg), out, rank)

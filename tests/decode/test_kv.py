@@ -70,3 +70,19 @@ def test_tree_commit_matches_plain_forward(tiny_target):
     plain = torch.cat([prefix, torch.tensor([[11, 22, 32, 5]])], 1)
     want = model(plain).logits[0, -1]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_commit_stops_at_the_reserve():
+    """A finished row keeps being stepped with the batch: past ``max_len - reserve`` it commits nothing more,
+    so the next step's pending entries still fit, and the live row is untouched."""
+    kv = KVState.empty(2, "cpu", num_layers=1, max_len=10, reserve=4)
+    _write(kv, torch.ones(2, 2, 2, dtype=torch.bool).tril(), torch.tensor([[0, 1], [10, 11]]))
+    kv.start(torch.ones(2, 2, dtype=torch.bool))
+    for step in range(3):  # 3 entries a step for row 0, 1 for row 1
+        _write(
+            kv, torch.ones(2, 3, 3, dtype=torch.bool).tril(), torch.tensor([[2, 3, 4], [12, 13, 14]]) + step
+        )
+        kv.commit(torch.tensor([[0, 1, 2], [0, 1, 2]]), torch.tensor([3, 1]), [3, 1])
+    assert kv.host_length == [6, 5] and kv.length.tolist() == [6, 5]  # row 0 stopped at 10 - 4
+    mask = _write(kv, torch.ones(2, 4, 4, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.long))
+    assert mask.shape[-1] == 10  # a full pending tree still fits

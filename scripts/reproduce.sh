@@ -11,8 +11,11 @@
 #   5. the oracle drafter (the decoder's efficiency), the scaling curve of EAGLE-3 against training tokens
 #      (the long run is its largest point), and economize on the same exported heads (if its venv exists);
 #   6. results/*.md and *.png, and results/budget.md with the wall time of every stage.
-# Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, LONG_PROMPTS, BENCH_PROMPTS, TRAIN_ARGS (extra Hydra
+# Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, LONG_PROMPTS, BENCH_PROMPTS, OTHER_PROMPTS, TRAIN_ARGS (extra Hydra
 # overrides for every training run), ECONOMIZE_VENV, SKIP (stage names to skip: quick scaling oracle economize).
+# BUDGET=quick runs the same stages at the quick-start budget instead (about 1.5 hours): every family's quick
+# experiment on the quick start's 256-prompt dataset, no separate quick stage, no scaling curve:
+#   BUDGET=quick RESULTS=results/quick make reproduce
 # A smoke test of the script itself:
 #   TRAIN_ARGS="target=tiny_random train.max_steps=3 train.epochs=0" LONG_PROMPTS=16 BENCH_PROMPTS=2 \
 #     SKIP="scaling economize" make reproduce
@@ -23,8 +26,14 @@ PYTHON=${PYTHON:-python}
 RUNS=${RUNS:-outputs/reproduce}
 RESULTS=${RESULTS:-results}
 EXPERIMENTS=${EXPERIMENTS:-eagle3 eagle medusa dflash draft}
-LONG_PROMPTS=${LONG_PROMPTS:-3072}
+BUDGET=${BUDGET:-long}
+case $BUDGET in
+    long) LONG_PROMPTS=${LONG_PROMPTS:-3072}; SUFFIX=_long ;;
+    quick) LONG_PROMPTS=${LONG_PROMPTS:-256}; SUFFIX=; SKIP="$SKIP quick scaling" ;;
+    *) echo "BUDGET must be long or quick, not '$BUDGET'" >&2; exit 2 ;;
+esac
 BENCH_PROMPTS=${BENCH_PROMPTS:-24}
+OTHER_PROMPTS=${OTHER_PROMPTS:-null}  # null: all 48 of the shipped other-kinds set
 TRAIN_ARGS=${TRAIN_ARGS:-}
 ECONOMIZE_VENV=${ECONOMIZE_VENV:-/work/venvs/economize}
 SKIP=${SKIP:-}
@@ -45,20 +54,20 @@ stage() {  # stage NAME COMMAND...: run, time, and log a row of the budget table
 skipped() { [[ " $SKIP " == *" $1 "* ]]; }
 
 # shellcheck disable=SC2086  # TRAIN_ARGS is a list of Hydra overrides
-stage "long data ($LONG_PROMPTS prompts)" "$PYTHON" data/generate.py "data.num_prompts=$LONG_PROMPTS" \
+stage "data ($LONG_PROMPTS prompts)" "$PYTHON" data/generate.py "data.num_prompts=$LONG_PROMPTS" \
     "output_dir=$RUNS/data" $TRAIN_ARGS
 drafters=()
 for x in $EXPERIMENTS; do
     # shellcheck disable=SC2086
-    stage "train ${x}_long" "$PYTHON" train/run.py "+experiment=${x}_long" "data.num_prompts=$LONG_PROMPTS" \
+    stage "train ${x}${SUFFIX}" "$PYTHON" train/run.py "+experiment=${x}${SUFFIX}" "data.num_prompts=$LONG_PROMPTS" \
         "output_dir=$RUNS/$x" train.report=false $TRAIN_ARGS
     drafters+=("$RUNS/$x/drafter")
 done
 list=$(IFS=,; echo "${drafters[*]}")
 bench=(decode/bench/run.py "max_new_tokens=128" "num_prompts=$BENCH_PROMPTS")
 stage "bench, held-out prompts" "$PYTHON" "${bench[@]}" "drafter=[$list]" "output_dir=$RESULTS/bench"
-stage "bench, other kinds" "$PYTHON" "${bench[@]}" "drafter=[$list]" prompts=other_kinds num_prompts=null \
-    "output_dir=$RESULTS/bench_other_kinds"
+stage "bench, other kinds" "$PYTHON" "${bench[@]}" "drafter=[$list]" prompts=other_kinds \
+    "num_prompts=$OTHER_PROMPTS" "output_dir=$RESULTS/bench_other_kinds"
 
 if ! skipped quick; then
     # shellcheck disable=SC2086
@@ -83,7 +92,7 @@ if ! skipped economize && [ -x "$ECONOMIZE_VENV/bin/python" ]; then
 fi
 
 stage "tables" "$PYTHON" scripts/merge_bench.py "$RESULTS/README_table.md" "$RESULTS/bench/bench.json" \
-    --title "Held-out prompts (the long dataset's eval split): $TITLE"
+    --title "Held-out prompts (the $BUDGET budget's eval split): $TITLE"
 "$PYTHON" scripts/merge_bench.py "$RESULTS/other_kinds_table.md" "$RESULTS/bench_other_kinds/bench.json" \
     --title "Prompts of other kinds (code, math, two-turn; never trained on): $TITLE"
 cp "$RESULTS/bench/acceptance.png" "$RESULTS/acceptance.png"

@@ -19,11 +19,12 @@ class Tracker:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Evaluations on the console (a learning curve in the run's log), everything else at debug level."""
-        evals = {k: v for k, v in metrics.items() if k.startswith(("eval/", "eval_untrained/"))}
-        if evals:
-            top1 = " ".join(f"{v:.3f}" for k, v in sorted(evals.items()) if "/top1_" in k)
-            loss = next((v for k, v in evals.items() if k.endswith("/loss")), float("nan"))
-            logger.info("step %d eval: loss %.4f, top-1 by position %s", step, loss, top1)
+        for prefix in ("eval_untrained/", "eval/"):  # the untrained drafter's line first, at the last step
+            evals = {k: v for k, v in metrics.items() if k.startswith(prefix)}
+            if evals:
+                top1 = " ".join(f"{v:.3f}" for k, v in sorted(evals.items()) if "/top1_" in k)
+                loss = evals.get(prefix + "loss", float("nan"))
+                logger.info("step %d %s loss %.4f, top-1 by position %s", step, prefix[:-1], loss, top1)
         logger.debug("step %d: %s", step, metrics)
 
     def summary(self, metrics: dict[str, float]) -> None:

@@ -74,7 +74,7 @@ class KVState:
             n_host = [max(0, min(n, self.limit - h)) for h, n in zip(self.host_length, n_host, strict=True)]
             n_keep = torch.tensor(n_host, device=n_keep.device)
         j = torch.arange(keep.shape[1], device=keep.device)[None]  # (1, K)
-        dst = (self.length[:, None] + j).clamp(max=self.cache.max_len - 1)
+        dst = self.length[:, None] + j  # < max_len: rows stop at limit, the reserve holds the pending
         used = j < n_keep[:, None]
         self.cache.move(torch.where(used, self.length[:, None] + keep, dst), dst)
         self.valid.scatter_(1, dst, self.valid.gather(1, dst) | used)

@@ -23,12 +23,26 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from selfspec.data.engine_vllm import import_vllm
 from selfspec.data.magpie import self_prompts
 from selfspec.data.prompts import Conversation, collect, source_records
-from selfspec.data.rollout import Rollout, Sampling
+from selfspec.data.rollout import Rollout, Sampling, pad_id, stop_token_ids
 from selfspec.faults import maybe_die
-from selfspec.target import load_target, selfspec_home, tokenizer_fingerprint, weights_fingerprint
-from selfspec.utils import SelfspecError, atomic_dir, atomic_write_json, atomic_write_text, resolve_device
+from selfspec.target import (
+    load_target,
+    resolve_target_path,
+    selfspec_home,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
+from selfspec.utils import (
+    SelfspecError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    resolve_device,
+    resolve_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +56,9 @@ FEATURES = datasets.Features(
 )
 COMPLETE = "COMPLETE"
 _NOT_IN_KEY = ("cache_dir", "wait_timeout_s")  # location and patience, not content
+# The engine settings that can change what is generated (the rest is parallelism, memory, location, patience).
+_ENGINE_CONTENT = {"vllm": ("dtype", "max_model_len", "kwargs"), "openai": ("model",)}
+ENGINES = ("hf", "vllm", "openai")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -63,6 +80,12 @@ def dataset_meta(
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for k in (*_NOT_IN_KEY, *_throughput_only(data)):
         data.pop(k, None)
+    engine, settings = (
+        data.pop("engine", "hf"),
+        {"vllm": data.pop("vllm", {}), "openai": data.pop("openai", {})},
+    )
+    if engine != "hf":  # hf datasets keep the keys they had before engines were selectable
+        data["engine"] = {"name": engine, **{k: settings[engine].get(k) for k in _ENGINE_CONTENT[engine]}}
     if data["source"] != "self":
         data.pop("magpie")
     if (
@@ -318,11 +341,19 @@ def build_dataset(
     cfg: DictConfig, target: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> Path:
     """Build (or reuse, or resume) the dataset ``cfg`` describes; return its DatasetDict folder (train, eval)."""
+    engine = cfg.data.get("engine", "hf")
+    if engine not in ENGINES:
+        raise SelfspecError(f"unknown data.engine={engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "vllm":
+        import_vllm()  # before loading anything: one line saying how to install it
     if target is None or tokenizer is None:
+        # Another engine generates: the model here only names and fingerprints the target, so it stays on the
+        # CPU (in the dtype an hf run on the device would use) and leaves the accelerators to the engine.
+        device = _target_device(cfg.device)
         target, tokenizer = load_target(
             cfg.target.name_or_path,
-            device=_target_device(cfg.device),
-            dtype=cfg.target.dtype,
+            device=device if engine == "hf" else "cpu",
+            dtype=resolve_dtype(cfg.target.dtype, resolve_device(device)),
             attn_implementation=cfg.target.attn_implementation,
         )
     meta = dataset_meta(cfg, target, tokenizer)
@@ -378,6 +409,7 @@ def _build(
         Sampling(int(d.max_new_tokens), float(d.temperature), float(d.top_p)),
         batch_size=int(d.batch_size),
         max_turns=int(d.max_assistant_turns),
+        engine=make_engine(cfg, target, tokenizer),
     )
     rank, _ = _rank_world()
     timeout_s = float(d.wait_timeout_s)
@@ -399,6 +431,24 @@ def _build(
         _assemble(work, plan, meta, timeout_s)
     else:
         _wait_for(work / COMPLETE, "rank 0 to assemble the dataset", work, 0, timeout_s)
+
+
+def make_engine(cfg: DictConfig, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The generation engine ``data.engine`` names; ``hf`` runs the loaded target in-process."""
+    d, stops = cfg.data, stop_token_ids(target, tokenizer)
+    engine = d.get("engine", "hf")
+    if engine == "vllm":
+        from selfspec.data.engine_vllm import VLLMEngine
+
+        dtype = resolve_dtype(cfg.target.dtype, resolve_device(_target_device(cfg.device)))
+        return VLLMEngine(resolve_target_path(cfg.target.name_or_path), dtype, stops, d.vllm, int(cfg.seed))
+    if engine == "openai":
+        from selfspec.data.engine_openai import OpenAIEngine
+
+        return OpenAIEngine(d.openai, tokenizer, stops)
+    from selfspec.data.engine_hf import HFEngine
+
+    return HFEngine(target, stops, pad_id(tokenizer), slots=int(d.batch_size))
 
 
 def load_splits(path: str | Path) -> datasets.DatasetDict:

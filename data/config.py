@@ -50,6 +50,42 @@ class MagpieConf:
 
 
 @dataclass
+class VLLMEngineConf:
+    """``data.engine=vllm``: offline ``vllm.LLM`` in this process (``pip install vllm``; see the README).
+
+    Only ``dtype`` and ``max_model_len`` can change what is generated; the parallelism and memory knobs are
+    throughput only and stay out of the dataset's key.
+    """
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = True  # CUDA graphs help on GPUs (set false there); the CPU backend runs eagerly
+    max_model_len: int | None = None  # null: the target's context
+    dtype: str = "auto"  # auto: the target's dtype as selfspec resolves it (bf16 where native, else fp32)
+    kwargs: dict = field(default_factory=dict)  # any other vllm.LLM argument
+
+
+@dataclass
+class OpenAIEngineConf:
+    """``data.engine=openai``: any running OpenAI-compatible server (``vllm serve``, SGLang, llama.cpp).
+
+    Prompts go as token ids to ``/v1/completions`` and the answer's token ids are read back (vLLM's
+    ``return_token_ids``), or re-encoded from the text where a server returns none, then checked against the
+    target tokenizer. The server must serve the target: its name is checked against ``/v1/models`` first.
+    """
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None  # the served model name; null: the server's only model
+    api_key: str | None = None  # null: $OPENAI_API_KEY if set
+    concurrency: int = 32  # requests in flight
+    timeout_s: float = 600.0  # one request
+    max_retries: int = 5  # per request, with exponential backoff, before one clear error
+    backoff_s: float = 1.0  # first wait; doubles each retry
+
+
+@dataclass
 class DataConf:
     source: str = "self"  # self | jsonl | parquet | hub
     path: str | None = None  # file for jsonl/parquet, dataset id for hub
@@ -67,6 +103,10 @@ class DataConf:
     # they wait for, they stop with an error (cache_dir not shared between nodes) instead of hanging.
     wait_timeout_s: float = 600.0
     magpie: MagpieConf = field(default_factory=MagpieConf)
+    # Who generates: hf (in-process continuous batching), vllm (offline vllm.LLM) or openai (a running server).
+    engine: str = "hf"
+    vllm: VLLMEngineConf = field(default_factory=VLLMEngineConf)
+    openai: OpenAIEngineConf = field(default_factory=OpenAIEngineConf)
 
 
 @dataclass

@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from selfspec.data.rollout import Output
 from selfspec.sampling import pick
 from selfspec.slots import SlotCache
 from selfspec.target import output_logits
-
-Output = tuple[list[int], bool]  # new tokens (up to and including the stop token), stopped by itself
 
 
 class HFEngine:

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 _SENTINEL = "@@SELFSPEC_ASSISTANT_{}@@"
 
+Output = tuple[
+    list[int], bool
+]  # an engine's answer: new tokens (up to and including the stop), stopped by itself
+
 
 @dataclass
 class Sampling:
@@ -54,6 +58,24 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     if not ids:
         raise SelfspecError("the target's tokenizer has no eos token: set one so generation can stop")
     return sorted(ids)
+
+
+def finish_output(
+    ids: list[int], stopped: bool, stops: Sequence[int], stop_reason: int | None = None
+) -> Output:
+    """One engine answer in the layout every engine returns: a stopped answer ends with its stop token.
+
+    Servers differ on whether the stop token comes back with the answer; where it does not, the one that
+    stopped it (``stop_reason``, else the first stop id) is appended, as the target wrote it. An answer that
+    holds a stop token before its end is cut there (a server that ignored ``stop_token_ids``).
+    """
+    stop_set = set(stops)
+    cut = next((j for j, t in enumerate(ids) if t in stop_set), None)
+    if cut is not None:
+        return ids[: cut + 1], True
+    if stopped:
+        return [*ids, stop_reason if stop_reason in stop_set else stops[0]], True
+    return ids, False
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

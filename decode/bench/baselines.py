@@ -144,6 +144,10 @@ def measure(
     ``kind`` is ``target``, ``hf_speculative`` (assisted or prompt lookup: acceptance read from the forward
     records) or ``selfspec`` (acceptance from the decoder's stats).
     """
+    if kind == "vllm":  # vLLM runs its own copy of the target and counts its own forwards (vllm_rows.py)
+        run = fn(prompt, max_new_tokens)
+        run.new_tokens = trim_new_tokens(run.new_tokens, eos, max_new_tokens)
+        return run
     device = target.device
     input_ids = torch.tensor([prompt], dtype=torch.long, device=device)
     with record_target_forwards(target) as records:

@@ -1,7 +1,8 @@
 """The rows of a bench: which methods run for which drafters, each as a generate function.
 
 One row per method and drafter: ``target`` and ``prompt_lookup`` once, ``assisted:<label>`` for each draft-model
-drafter (transformers' assisted generation needs a standalone causal LM), ``selfspec:<label>`` for each drafter.
+drafter (transformers' assisted generation needs a standalone causal LM), ``selfspec:<label>`` for each drafter,
+and where asked ``vllm`` and ``vllm+drafter:<label>`` (``vllm_rows.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from selfspec.decode.bench.baselines import hf_generate_fn, selfspec_generate_fn
 from selfspec.utils import SelfspecError
 
-METHODS = ("target", "prompt_lookup", "assisted", "selfspec")
+METHODS = ("target", "prompt_lookup", "assisted", "selfspec", "vllm", "vllm+drafter")
+DEFAULT_METHODS = METHODS[:4]  # the vLLM rows only when asked (vLLM lives in its own venv)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -122,5 +124,10 @@ def build_methods(
                 "fn": selfspec_generate_fn(dec),
                 "decoder": dec,
             }
-    order = {"target": 0, "prompt_lookup": 1, "assisted": 2, "selfspec": 3}
+    from selfspec.decode.bench.vllm_rows import vllm_rows
+
+    more, why = vllm_rows(target, drafters, methods, decoder_options.get("depth"))
+    rows.update(more)
+    skipped.update(why)
+    order = {m: i for i, m in enumerate(METHODS)}
     return dict(sorted(rows.items(), key=lambda kv: order[kv[1]["method"]])), skipped

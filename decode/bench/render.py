@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from selfspec.decode.bench.methods import METHODS
 from selfspec.utils import SelfspecError, atomic_write_json, atomic_write_text
 
 SHOWN_POSITIONS = 5  # acceptance-by-position columns in the table (the JSON and the plot keep all)
@@ -39,6 +40,8 @@ def display_name(row: dict[str, Any]) -> str:
         "prompt_lookup": "prompt lookup (transformers)",
         "assisted": f"assisted, {label} (transformers)",
         "selfspec": f"selfspec {label}",
+        "vllm": "vLLM, target alone",
+        "vllm+drafter": f"vLLM + {label} (speculators export)",
     }.get(method, row["name"])
 
 
@@ -266,7 +269,7 @@ def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
             seen.add(m["name"])
             merged["methods"].append(m)
         merged["skipped"].update({k: v for k, v in rep.get("skipped", {}).items() if k not in seen})
-    order = {"target": 0, "prompt_lookup": 1, "assisted": 2, "selfspec": 3}
+    order = {m: i for i, m in enumerate(METHODS)}
     merged["methods"].sort(key=lambda m: order.get(m["method"], 9))
     merged["settings"] = {
         **reports[0]["settings"],

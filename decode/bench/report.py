@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from selfspec.config import JobConf, TargetConf, register_core
 from selfspec.decode.bench.baselines import PromptRun, eos_ids_of, measure
 from selfspec.decode.bench.lossless import block_noise, first_divergence, reference_margins
-from selfspec.decode.bench.methods import METHODS, build_methods, labelled
+from selfspec.decode.bench.methods import DEFAULT_METHODS, build_methods, labelled
 from selfspec.decode.bench.prompts import prompts_from_split
 from selfspec.decode.bench.render import render_markdown, write_outputs
 from selfspec.utils import SelfspecError, dtype_name
@@ -58,7 +58,7 @@ class BenchJobConf(JobConf):
     num_prompts: int | None = 16  # null: every prompt
     max_new_tokens: int = 128
     warmup: int = 1
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     prompt_lookup_num_tokens: int = 10
     decode: DecodeOptionsConf = field(default_factory=DecodeOptionsConf)
     target: TargetConf = field(
@@ -85,7 +85,7 @@ def run_report(
     *,
     max_new_tokens: int = 128,
     num_prompts: int | None = 16,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     warmup: int = 1,
     decoder_options: Mapping[str, Any] | None = None,
     prompt_lookup_num_tokens: int = 10,
@@ -99,7 +99,7 @@ def run_report(
       ``input_ids`` and ``prompt_len``, e.g. ``DatasetDict["eval"]``).
     output_dir: where bench.json, bench.md and acceptance.png go (None: write nothing).
     num_prompts: the first N prompts (None: all). warmup: prompts run untimed first, every method.
-    methods: a subset of ``("target", "prompt_lookup", "assisted", "selfspec")``; the target always runs, since
+    methods: a subset of ``METHODS`` (vllm and vllm+drafter where vLLM is importable); the target always runs, since
       speed-ups and the identical-output check are measured against it.
     decoder_options: keyword arguments of ``SpeculativeDecoder``. extra: copied into ``bench.json["settings"]``.
     fp32_prompts: on a CPU with a non-fp32 target, the target alone in fp32 on this many prompts too (paired

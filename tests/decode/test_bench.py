@@ -93,3 +93,35 @@ def test_bench_command_from_config(tmp_path, tiny_target):
     cfg.drafter = str(tmp_path / "nowhere")
     with pytest.raises(SelfspecError, match="not a drafter folder"):
         bench_from_config(cfg)
+
+
+def test_vllm_rows_are_skipped_with_the_reason_where_vllm_is_absent(tmp_path, tiny_target, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    model, tok = tiny_target
+    drafters = [build_drafter({"type": "medusa"}, model)]
+    report = run_report(
+        model, tok, drafters, _prompts(tok, 1), None, max_new_tokens=4, warmup=0,
+        methods=["target", "vllm", "vllm+drafter"],
+    )  # fmt: skip
+    assert [m["name"] for m in report["methods"]] == ["target"]
+    assert "not importable" in report["skipped"]["vllm"] and "vllm+drafter" in report["skipped"]
+
+
+@pytest.mark.vllm
+@pytest.mark.integration
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("vllm") is None,
+    reason="vLLM is not importable (its own venv)",
+)
+def test_vllm_row_beside_the_target(embedded_target):
+    model, tok = embedded_target
+    report = run_report(model, tok, [], _prompts(tok, 2), None, max_new_tokens=16, warmup=1,
+                        methods=["target", "vllm"])  # fmt: skip
+    row = {m["name"]: m for m in report["methods"]}["vllm"]
+    assert row["new_tokens"] > 0 and row["mean_accepted_tokens"] == pytest.approx(1.0)
+    assert row["identical"] or row["near_ties_only"], row

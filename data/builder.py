@@ -411,8 +411,24 @@ def _build(
         max_turns=int(d.max_assistant_turns),
         engine=make_engine(cfg, target, tokenizer),
     )
+    try:
+        _plan_and_write(cfg, work, rollout, target, tokenizer)
+    finally:  # vLLM holds the accelerator's memory: free it for the training that follows
+        close = getattr(rollout.engine, "close", None)
+        if close is not None:
+            close()
+    if _rank_world()[0] == 0:
+        _assemble(work, json.loads((work / "prompts.json").read_text()), meta, float(d.wait_timeout_s))
+    else:
+        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset", work, 0, float(d.wait_timeout_s))
+
+
+def _plan_and_write(
+    cfg: DictConfig, work: Path, rollout: Rollout, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """The plan (rank 0 writes it once), then this rank's shards."""
     rank, _ = _rank_world()
-    timeout_s = float(d.wait_timeout_s)
+    timeout_s = float(cfg.data.wait_timeout_s)
     plan_file = work / "prompts.json"
     if not plan_file.exists():
         if rank == 0:
@@ -427,10 +443,6 @@ def _build(
         len(_shard_ids(plan)),
     )
     _write_shards(work, plan, rollout, int(cfg.seed))
-    if rank == 0:
-        _assemble(work, plan, meta, timeout_s)
-    else:
-        _wait_for(work / COMPLETE, "rank 0 to assemble the dataset", work, 0, timeout_s)
 
 
 def make_engine(cfg: DictConfig, target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Any:

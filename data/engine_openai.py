@@ -136,6 +136,9 @@ class OpenAIEngine:
                 "the target"
             )
 
+    def close(self) -> None:
+        self.client.close()
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],

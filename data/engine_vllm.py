@@ -69,6 +69,19 @@ class VLLMEngine:
         logger.info("starting vLLM on %s (%s)", model_path, dtype)
         self.llm = vllm.LLM(**kwargs)
 
+    def close(self) -> None:
+        """Stop vLLM's engine and free its memory (a training job goes on in the same process)."""
+        import gc
+
+        core = getattr(getattr(self, "llm", None), "llm_engine", None)
+        core = getattr(core, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],

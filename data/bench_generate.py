@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--target", default=EMBEDDED_TARGET)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--engines", default="hf,vllm,transformers")
+    parser.add_argument("--engines", default="transformers,hf,vllm")
     parser.add_argument("--batch-sizes", default=f"1,{DataConf.batch_size}")
     parser.add_argument("--num-prompts", type=int, default=64, help="prompts at the largest batch")
     parser.add_argument("--max-new-tokens", type=int, default=128)

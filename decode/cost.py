@@ -1,7 +1,10 @@
 """What a decoding step costs on this machine: the verification curve and the drafter's draft costs, measured once.
 
 A speculative step costs one target forward over the N tree nodes (``verify_ms(N)``), the drafter's work for a
-tree of depth D and width K (``draft_ms(D, K)``) and the decoder's own bookkeeping (``overhead_ms``). Whether a
+tree of depth D and width K (``draft_ms(D, K)``) and the decoder's own bookkeeping: ``overhead_ms`` in every
+step, plus ``spec_overhead_ms(N)`` in a speculative one (masks, the acceptance walk, moving accepted entries
+into place, the proposer's update), measured as a whole speculative step's median time minus its parts. Without
+that last term the planner took trees that lost on a 2-core fp32 CPU (README, Results). Whether a
 tree pays depends on all three, and they depend on the hardware: on a GPU, or on a CPU with native bf16,
 verifying 16 nodes costs about 1.4x one token; in fp32 on 2 CPU cores about 2x. So they are measured, through
 the decoder's own code path (the same KV cache, masks and proposer), per (device, target, dtype, drafter
@@ -28,7 +31,7 @@ from selfspec.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 1
+SCHEMA = 2
 VERIFY_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 WIDTHS = (1, 2, 4, 8)
@@ -44,6 +47,21 @@ class CostCurve:
     verify_ms: dict[int, float] = field(default_factory=dict)
     draft_ms: dict[str, float] = field(default_factory=dict)
     overhead_ms: float = 0.0
+    spec_overhead_ms: dict[int, float] = field(default_factory=dict)  # tree nodes -> extra ms of a spec step
+
+    def spec_overhead(self, n: int) -> float:
+        """A speculative step's bookkeeping beyond verify + draft, interpolated in the node count."""
+        if not self.spec_overhead_ms:
+            return 0.0
+        xs = sorted(self.spec_overhead_ms)
+        if n <= xs[0] or len(xs) == 1:
+            return self.spec_overhead_ms[xs[0]] if n <= xs[0] else self.spec_overhead_ms[xs[-1]]
+        if n >= xs[-1]:
+            return self.spec_overhead_ms[xs[-1]]
+        hi = next(x for x in xs if x >= n)
+        lo = max(x for x in xs if x < n)
+        w = (n - lo) / (hi - lo)
+        return (1 - w) * self.spec_overhead_ms[lo] + w * self.spec_overhead_ms[hi]
 
     def verify(self, n: int) -> float:
         """Linear interpolation between the measured sizes (beyond the largest: linear extrapolation)."""
@@ -74,16 +92,17 @@ class CostCurve:
         return self.verify(1) + self.overhead_ms
 
 
-def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 2) -> float:
-    """Minimum wall time of ``fn`` in ms (the least disturbed estimate on a shared machine)."""
+def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 2, stat: str = "min") -> float:
+    """Wall time of ``fn`` in ms: the minimum (the least disturbed estimate of a part's cost on a shared
+    machine) or the median (``stat="median"``, what a whole step costs in a run)."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+        times.append(time.perf_counter() - t0)
+    return (min(times) if stat == "min" else sorted(times)[len(times) // 2]) * 1e3
 
 
 def cost_key(target: Any, drafter_kind: str, drafter_sizes: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +139,7 @@ def load_curve(key: dict[str, Any]) -> CostCurve | None:
             verify_ms={int(k): float(v) for k, v in raw["verify_ms"].items()},
             draft_ms={str(k): float(v) for k, v in raw["draft_ms"].items()},
             overhead_ms=float(raw["overhead_ms"]),
+            spec_overhead_ms={int(k): float(v) for k, v in raw.get("spec_overhead_ms", {}).items()},
         )
         if curve.key != key or 1 not in curve.verify_ms or not curve.draft_ms:
             raise ValueError("it was measured for another machine, target or drafter")

@@ -116,11 +116,38 @@ def measure_curve(dec: Any, key: dict[str, Any]) -> CostCurve:
     curve.draft_ms = _draft_costs(dec, ids)
     plain = timeit(lambda: next(steps), repeat=8)
     curve.overhead_ms = max(0.0, plain - curve.verify_ms[1])
+    curve.spec_overhead_ms = _spec_overheads(dec, ids, curve)
     logger.info(
-        "costs: verify 1/4/16 nodes %.1f/%.1f/%.1f ms, overhead %.1f ms",
+        "costs: verify 1/4/16 nodes %.1f/%.1f/%.1f ms, overhead %.1f ms, speculative step +%s ms",
         curve.verify_ms[1], curve.verify_ms[4], curve.verify_ms[16], curve.overhead_ms,
+        "/".join(f"{v:.1f}" for v in curve.spec_overhead_ms.values()) or "0",
     )  # fmt: skip
     return curve
+
+
+SPEC_SHAPES = ((3, 1, 4), (4, 4, 16))  # (depth, width, nodes): a chain and a tree
+
+
+def _spec_overheads(dec: Any, ids: torch.Tensor, curve: CostCurve) -> dict[int, float]:
+    """Per node count, a whole speculative step's median time minus verify + draft + overhead (>= 0).
+
+    Whole steps of the decoder's own loop with a real proposer, on the measurement prompt; they include what
+    the parts miss (the accept walk, the KV commit of accepted entries, the proposer's update, allocations)."""
+    from selfspec.decode.decoder import _PlainDraft, _Run
+
+    if dec.drafter is None or dec.kind in ("medusa", "dflash"):
+        return {}  # one drafter call per step: draft_ms["*"] was timed as the proposer's whole step
+    drafter = dec.drafter if hasattr(dec.drafter, "drafter_type") else _PlainDraft(dec.drafter)
+    out = {}
+    for depth, width, nodes in SPEC_SHAPES:
+        proposer = CachedProposer(drafter, dec.kind, depth, width, nodes)
+        run = _Run(dec, ids, max_new_tokens=128, eos_token_id=[], proposer=proposer)
+        steps = run.steps()
+        next(steps)  # the prefill
+        step = timeit(lambda s=steps: next(s), repeat=9, warmup=2, stat="median")
+        parts = curve.verify(nodes) + curve.draft(depth, width) + curve.overhead_ms
+        out[nodes] = max(0.0, step - parts)
+    return out
 
 
 def _verify_once(run: Any, n: int) -> None:

@@ -7,7 +7,7 @@ the usual independence assumption (Sequoia, Chen et al. 2024, arXiv:2402.12374) 
 ``(r1..rd)`` is accepted with probability ``prod p[i][r_i]``, and the best tree of N nodes is the N most
 probable rank paths, found best-first (a child is never more probable than its parent, so the set is a tree).
 Its expected tokens per step are 1 (the bonus) plus the sum of its nodes' probabilities. The cost of a step is
-``verify(N) + draft(depth, width) + overhead`` (``decode/cost.py``); the planner scans depth, width and size and
+``verify(N) + draft(depth, width) + overhead + spec_overhead(N)`` (``decode/cost.py``); the planner scans depth, width and size and
 keeps the fastest, or no speculation at all when nothing beats plain decoding. EAGLE-2's dynamic trees choose
 nodes by draft confidence per step, which does at least as well as this static estimate.
 """
@@ -96,7 +96,7 @@ def plan_tree(
                 tokens = expected_tokens(paths)
                 if width == 1 and p_chain and len(p_chain) >= depth:
                     tokens = 1.0 + sum(math.prod(p_chain[: d + 1]) for d in range(depth))
-                ms = curve.verify(size) + draft + curve.overhead_ms
+                ms = curve.verify(size) + draft + curve.overhead_ms + curve.spec_overhead(size)
                 if tokens / ms > best_rate * (1 + 1e-9):
                     best_rate = tokens / ms
                     best = TreeChoice(
@@ -119,8 +119,8 @@ def predict(curve: CostCurve, p: list[list[float]], choice: TreeChoice) -> TreeC
     else:
         paths = best_paths(p, max(choice.total_tokens - 1, 0), choice.depth, max(choice.topk, 1))
     tokens = expected_tokens(paths)
-    ms = (
-        curve.verify(choice.total_tokens) + curve.draft(choice.depth, max(choice.topk, 1)) + curve.overhead_ms
-    )
+    n = choice.total_tokens
+    ms = curve.verify(n) + curve.draft(choice.depth, max(choice.topk, 1)) + curve.overhead_ms
+    ms += curve.spec_overhead(n)
     return TreeChoice(choice.depth, choice.topk, choice.total_tokens, [q for q, _ in paths], tokens, ms,
                       curve.plain_ms() * tokens / ms, "fixed")  # fmt: skip

@@ -131,7 +131,7 @@ def _cut(ids: list[int], pad: int, eos: list[int]) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drafter", required=True, help="a selfspec EAGLE-3 drafter folder")
+    ap.add_argument("--drafter", help="a selfspec EAGLE-3 drafter folder (required)")
     ap.add_argument(
         "--prompts", default="eval", help="eval (the drafter's held-out split), other_kinds, FILE"
     )
@@ -147,6 +147,8 @@ def main() -> None:
         src, dst = args.worker
         Path(dst).write_text(json.dumps(vllm_run(json.loads(Path(src).read_text()))))
         return
+    if not args.drafter:
+        ap.error("--drafter is required: a selfspec EAGLE-3 drafter folder")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from selfspec.decode.bench.prompts import BUILTIN, load_prompts_file, prompts_from_dataset_dir
     from selfspec.decode.bench.setup import dataset_of_drafter, target_of_drafter

@@ -407,7 +407,6 @@ def _build(
         target,
         tokenizer,
         Sampling(int(d.max_new_tokens), float(d.temperature), float(d.top_p)),
-        batch_size=int(d.batch_size),
         max_turns=int(d.max_assistant_turns),
         engine=make_engine(cfg, target, tokenizer),
     )

@@ -141,29 +141,23 @@ def template_pieces(tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> l
 
 
 class Rollout:
-    """Turn-by-turn generation over many conversations through an engine (``HFEngine`` by default);
-    ``on_batch(turns, tokens)`` reports progress as answers complete."""
+    """Turn-by-turn generation over many conversations through an engine (``builder.make_engine``: hf, vllm
+    or openai); ``on_batch(turns, tokens)`` reports progress as answers complete."""
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         sampling: Sampling,
-        batch_size: int,
         max_turns: int,
+        engine: Any,
         on_batch: Callable[[int, int], None] | None = None,
-        engine: Any = None,
     ):
         self.model, self.tok, self.sampling = model, tokenizer, sampling
-        self.batch_size, self.max_turns, self.on_batch = batch_size, max_turns, on_batch
+        self.max_turns, self.engine, self.on_batch = max_turns, engine, on_batch
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.stop_texts = {i: tokenizer.decode([i]) for i in self.stop_ids}
         self.max_ctx = int(getattr(model.config, "max_position_embeddings", 1 << 30))
-        if engine is None:
-            from selfspec.data.engine_hf import HFEngine
-
-            engine = HFEngine(model, self.stop_ids, pad_id(tokenizer), slots=batch_size)
-        self.engine = engine
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]

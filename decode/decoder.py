@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfspec.decode.gate import SpeculationGate
 from selfspec.decode.kv import KVState
 from selfspec.decode.plan import TreeChoice
 from selfspec.decode.propose import CachedProposer, MedusaProposer, NullProposer
@@ -39,8 +40,8 @@ DEFAULTS["dflash"] = (0, 1, 0)  # a chain of block_size - 1 drafts from one forw
 
 @dataclass
 class DecodeStats:
-    """``mean_accepted_tokens``: tokens per verification forward per row, the bonus included (drafter quality,
-    before EOS/length cuts). ``acceptance_by_position[k]``: of the steps whose walk reached a node at depth k
+    """``mean_accepted_tokens``: tokens per speculative verification forward per row, the bonus included
+    (drafter quality, before EOS/length cuts; the adaptive gate's plain steps are counted in ``plain_steps``). ``acceptance_by_position[k]``: of the steps whose walk reached a node at depth k
     that had drafted children, the fraction that accepted one (the (k+1)-th drafted token)."""
 
     new_tokens: int = 0
@@ -51,6 +52,7 @@ class DecodeStats:
     accepted_by_position: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0
     steps: int = 0
+    plain_steps: int = 0  # steps the adaptive gate decoded without drafting (left out of the rates above)
 
 
 @dataclass
@@ -65,7 +67,10 @@ class SpeculativeDecoder:
     ``drafter``: a selfspec ``Drafter`` (medusa, eagle, eagle3, draft_model) bound to ``target``, or a plain
     transformers causal LM sharing the target's vocabulary (used as a draft model). Options: ``depth`` (draft
     levels), ``topk`` (children per expanded node; 1 = a chain), ``total_tokens`` (tree size with the root),
-    ``tree=False`` (shorthand for ``topk=1``), ``medusa_choices`` (Medusa paths of top-k choice indices).
+    ``tree=False`` (shorthand for ``topk=1``), ``medusa_choices`` (Medusa paths of top-k choice indices),
+    ``adaptive`` (measure while decoding whether the tree pays and decode without drafting while it does not,
+    ``decode/gate.py``; default: on for the cost model's tree, off for a forced one; always off for seeded
+    sampling, whose draws must repeat).
     """
 
     def __init__(
@@ -77,14 +82,15 @@ class SpeculativeDecoder:
         else:
             self.kind = getattr(drafter, "drafter_type", "") or "draft_model"
             _check_fit(target, drafter, self.kind)
-        unknown = set(options) - {"depth", "topk", "total_tokens", "tree", "medusa_choices"}
+        unknown = set(options) - {"depth", "topk", "total_tokens", "tree", "medusa_choices", "adaptive"}
         if unknown:
             raise SelfspecError(
                 f"unknown decoder options {sorted(unknown)}: use depth, topk, total_tokens, "
-                "tree, medusa_choices"
+                "tree, medusa_choices, adaptive"
             )
         self.options = options
         self._choice: TreeChoice | None = None
+        self._gates: dict[int, SpeculationGate] = {}  # per batch size, kept across generate calls
         gen_cfg = getattr(target, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
@@ -134,6 +140,23 @@ class SpeculativeDecoder:
         drafter = self.drafter if hasattr(self.drafter, "drafter_type") else _PlainDraft(self.drafter)
         return CachedProposer(drafter, self.kind, choice.depth, choice.topk, choice.total_tokens)
 
+    def gate(self, batch: int) -> SpeculationGate | None:
+        """The adaptive gate for this batch size (None: draft every step), seeded with the tree's prediction."""
+        choice = self.tree_choice()
+        on = self.options.get("adaptive")
+        if on is None:
+            on = choice.source == "cost model"
+        if not on or choice.depth == 0:
+            return None
+        if batch not in self._gates:
+            plain = (
+                choice.speedup * choice.ms_per_step / choice.tokens_per_step if choice.ms_per_step else 0.0
+            )
+            self._gates[batch] = SpeculationGate.from_prediction(
+                plain, choice.ms_per_step, choice.tokens_per_step
+            )
+        return self._gates[batch]
+
     def fixed_choice(self, default: bool = False) -> TreeChoice | None:
         """The tree the options force, or None when the cost model decides (``tree`` unset or ``"auto"``);
         ``default``: the family's default tree where the options force nothing."""
@@ -178,8 +201,9 @@ class SpeculativeDecoder:
         ``eos_token_id`` / ``pad_token_id`` override the target's generation config, as in HF.
         """
         t0 = time.perf_counter()
+        gate = None if temperature > 0 and seed is not None else self.gate(input_ids.shape[0])
         run = _Run(self, input_ids, attention_mask, max_new_tokens, temperature, top_p, top_k, seed,
-                   eos_token_id, pad_token_id)  # fmt: skip
+                   eos_token_id, pad_token_id, gate=gate)  # fmt: skip
         for step in run.steps():
             if callback is not None:
                 callback(step)
@@ -190,7 +214,8 @@ class SpeculativeDecoder:
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, **kwargs: Any) -> Iterator[list[list[int]]]:
         """Yield, after every target forward, the new token ids of each row (empty lists once a row is done)."""
-        run = _Run(self, input_ids, **kwargs)
+        seeded = kwargs.get("temperature", 0.0) > 0 and kwargs.get("seed") is not None
+        run = _Run(self, input_ids, **kwargs, gate=None if seeded else self.gate(input_ids.shape[0]))
         yield from run.steps()
 
 
@@ -198,8 +223,9 @@ class _Run:
     """State of one ``generate`` call: target cache, proposer, output buffer, per-row progress."""
 
     def __init__(self, dec, input_ids, attention_mask=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None, proposer=None) -> None:  # fmt: skip
+                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None, proposer=None, gate=None) -> None:  # fmt: skip
         self.dec = dec
+        self.gate = gate
         eos_ids = dec.eos_ids if eos_token_id is None else _as_list(eos_token_id)
         self.pad_id = dec.pad_id if pad_token_id is None else pad_token_id
         dev = dec.target.get_output_embeddings().weight.device
@@ -234,17 +260,29 @@ class _Run:
         first = self._prefill()
         new, _ = self._emit(first[:, None], torch.ones_like(self.n_out), torch.zeros_like(self.n_out))
         yield new
+        first_step = True
         while not self.all_done:
-            tree = self.proposer.draft(self.root, self.root_pos, self.warp, self.gen)
+            t0 = time.perf_counter()
+            spec = self.gate is None or self.gate.speculate()
+            if spec:
+                tree = self.proposer.draft(self.root, self.root_pos, self.warp, self.gen)
+            else:  # a plain step: the root alone; the proposer catches up on these entries at its next draft
+                tree = DraftTree(self.root[:, None], torch.full_like(self.root[:, None], -1), 0)
+                self.stats.plain_steps += 1
             acc, hidden = self._verify(tree)
             emitted = _emitted(tree, acc)  # (B, D+1)
             was_done = self.done.clone()
             new, acc.n_host = self._emit(emitted, acc.n_accepted + 1, acc.n_accepted)  # the step's one sync
-            self._count(acc, ~was_done)
+            if spec:
+                self._count(acc, ~was_done)
             self.kv.commit(acc.path.clamp(min=0), acc.n_accepted + 1, [n + 1 for n in acc.n_host])
             self.proposer.update(acc, tree, hidden, self.root_pos)
             self.root = acc.bonus
             self.root_pos = self.root_pos + acc.n_accepted + 1
+            if self.gate is not None and not first_step:  # the first draft also feeds the whole prompt
+                live = sum(1 for row in new if row)
+                self.gate.record(spec, (time.perf_counter() - t0) * 1e3, sum(map(len, new)) / max(live, 1))
+            first_step = False
             yield new
 
     def _prefill(self) -> torch.Tensor:

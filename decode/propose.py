@@ -39,6 +39,17 @@ class Segment:
     features: torch.Tensor | None = None  # (B, A, F) target features at t (EAGLE) or None
     n_host: list[int] | None = None  # valid entries per row, on the host when the decoder knows them
 
+    def then(self, later: Segment) -> Segment:
+        """This segment followed by ``later`` (steps the drafter skipped: fed together at its next draft)."""
+        return Segment(*join_pending(self, later, ("tokens", "positions", "valid", "features")))
+
+
+def join_pending(a, b, names: Sequence[str]) -> list:
+    """Fields ``names`` of two pending-entry records concatenated along the entries, then ``n_host`` summed."""
+    out = [None if getattr(a, n) is None else torch.cat([getattr(a, n), getattr(b, n)], 1) for n in names]
+    both = a.n_host is not None and b.n_host is not None
+    return [*out, [x + y for x, y in zip(a.n_host, b.n_host, strict=True)] if both else None]
+
 
 class NullProposer:
     """No speculation: the tree is the root alone, so each step is one plain target forward (the cost model
@@ -104,6 +115,7 @@ class CachedProposer:
         self.tree_size = self.total
         self.kv: KVState | None = None
         self.seg: Segment | None = None
+        self.fed = False  # whether ``seg`` is in the drafter's cache (a plain step drafts nothing)
         self.offset = 1 if kind == "draft_model" else 0  # a draft model's entry sits at its token's position
 
     def feature_layers(self) -> list[int]:
@@ -140,6 +152,7 @@ class CachedProposer:
         layers = _num_layers(self.drafter) if self.kind == "draft_model" else 1
         step = self.depth * (self.topk + 1) + 2  # one step's pending entries: a segment, the fed levels
         self.kv = KVState.empty(b, ids.device, layers, max_len + step, reserve=step)
+        self.fed = False
         ones = torch.ones(b, 1, dtype=torch.bool, device=ids.device)
         if self.kind == "draft_model":  # the whole prompt plus the first token, at their own positions
             toks = torch.cat([ids, first[:, None]], 1)
@@ -161,7 +174,9 @@ class CachedProposer:
             f = torch.cat(list(feats), -1)  # (B, N, F)
             feat = f.gather(1, path[..., None].expand(-1, -1, f.shape[-1]))  # (B, D+1, F)
         counts = None if acc.n_host is None else [k + 1 for k in acc.n_host]
-        self.seg = Segment(nxt, root_pos[:, None] + j + self.offset, j <= n, feat, counts)
+        seg = Segment(nxt, root_pos[:, None] + j + self.offset, j <= n, feat, counts)
+        self.seg = seg if self.fed else self.seg.then(seg)
+        self.fed = False
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
         logits, hidden = self._feed_segment()  # (B, V'), (B, H) at the root's entry
@@ -180,6 +195,7 @@ class CachedProposer:
         order = torch.arange(a, device=dev)
         keep = torch.where(seg.valid, order, a + order).argsort(-1)  # valid entries first, in order
         kv.commit(keep, seg.valid.sum(-1), seg.n_host)
+        self.fed = True
         last = (seg.valid.long() * (order + 1)).argmax(-1)  # (B,) the last valid entry = the root's
         rows = torch.arange(b, device=dev)
         return logits[rows, last], (out[rows, last] if out is not None else None)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from selfspec.decode.kv import KVState
+from selfspec.decode.propose import join_pending
 from selfspec.decode.tree import DraftTree, chain_parents, select_best_nodes
 from selfspec.decode.verify import Acceptance
 from selfspec.sampling import sample
@@ -61,6 +62,7 @@ class DFlashProposer:
         self.tree_size = self.total
         self.kv: KVState | None = None
         self.pending: _Context | None = None
+        self.fed = False
 
     @classmethod
     def from_options(cls, drafter: torch.nn.Module, options: Mapping[str, Any]) -> DFlashProposer:
@@ -84,6 +86,7 @@ class DFlashProposer:
         step = 2 * self.drafter.block_size + 2  # one step's pending entries: the context, then the block
         self.kv = KVState.empty(ids.shape[0], ids.device, layers, max_len + step, reserve=step)
         self.pending = _Context(self.drafter.fuse(torch.cat(list(feats), -1)), positions, valid.bool())
+        self.fed = False  # whether ``pending`` is in the drafter's cache (a plain step drafts nothing)
 
     def update(self, acc: Acceptance, tree: DraftTree, feats: Sequence[torch.Tensor], root_pos) -> None:
         """Next context: the accepted path (root first) at ``root_pos + j``, with the target's features there."""
@@ -92,9 +95,13 @@ class DFlashProposer:
         f = f.gather(1, path[..., None].expand(-1, -1, f.shape[-1]))  # (B, D+1, F)
         j = torch.arange(path.shape[1], device=path.device)[None]  # (1, D+1)
         counts = None if acc.n_host is None else [n + 1 for n in acc.n_host]
-        self.pending = _Context(
-            self.drafter.fuse(f), root_pos[:, None] + j, j <= acc.n_accepted[:, None], counts
+        ctx = _Context(self.drafter.fuse(f), root_pos[:, None] + j, j <= acc.n_accepted[:, None], counts)
+        self.pending = (
+            ctx
+            if self.fed
+            else _Context(*join_pending(self.pending, ctx, ("features", "positions", "valid")))
         )
+        self.fed = False
 
     def draft(self, root: torch.Tensor, root_pos: torch.Tensor, warp: Warp | None, gen) -> DraftTree:
         logits = self._block_logits(root, root_pos)  # (B, depth, Vd)
@@ -124,6 +131,7 @@ class DFlashProposer:
         order = torch.arange(c, device=dev)
         keep = torch.where(ctx.valid, order, c + order).argsort(-1)  # valid context entries first, in order
         kv.commit(keep, ctx.valid.sum(-1), ctx.n_host)  # the block's pending entries are dropped
+        self.fed = True
         return logits[:, 1 : 1 + self.depth]
 
     def _chain(self, root, logits, warp, gen) -> DraftTree:

@@ -50,7 +50,8 @@ def point(rows: int, args: argparse.Namespace, reuse: Path | None = None) -> dic
     tokens = sum(sum(m) for m in split["loss_mask"])
     bench = done.parent / "bench"
     _cmd("decode/bench/run.py", f"drafter={out / 'drafter'}", f"num_prompts={args.prompts}",
-         "max_new_tokens=128", "methods=[target,selfspec]", f"output_dir={bench}")  # fmt: skip
+         "max_new_tokens=128", "methods=[target,selfspec]", "decode.adaptive=false",
+         f"output_dir={bench}")  # fmt: skip  # the drafter's acceptance at every step, not the gate's choice
     report = json.loads((bench / "bench.json").read_text())
     row = next(m for m in report["methods"] if m["method"] == "selfspec")
     acc = json.loads((out / "drafter" / "acceptance.json").read_text())

@@ -121,9 +121,11 @@ def export_drafter(
 def add_measured_acceptance(folder: Path, report: dict[str, Any]) -> None:
     """Append the acceptance report's figures to the model card: tau (mean accepted tokens per target forward),
     tokens/s and the speed-up of every method, on the held-out prompts the report ran."""
+    from selfspec.decode.bench.render import tau_cell
+
     s, card = report["settings"], folder / "README.md"
     rows = [
-        f"| {m['name']} | {m['mean_accepted_tokens']:.2f} | {m['tokens_per_s']:.1f} | "
+        f"| {m['name']} | {tau_cell(m)} | {m['tokens_per_s']:.1f} | "
         f"{(m['speedup'] or 0):.2f}x | {'yes' if m['identical'] else 'NO'} |"
         for m in report["methods"]
     ]

@@ -33,6 +33,8 @@ class PromptRun:
     drafted: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
     decoder_mean_accepted: float | None = None  # the decoder's own stat, kept for cross-checking
+    steps: int = 0  # the decoder's steps after the prefill, and of them those its adaptive gate left plain
+    plain_steps: int = 0
 
 
 @dataclass
@@ -172,3 +174,4 @@ def _fill_decoder_stats(run: PromptRun, stats: Any) -> None:
     if run.target_forwards == 0:  # the decoder bypassed the hooked module: trust its own count
         run.target_forwards = int(stats.target_forwards)
     run.drafted, run.accepted = list(stats.offered_by_position), list(stats.accepted_by_position)
+    run.steps, run.plain_steps = int(stats.steps) - 1, int(stats.plain_steps)  # steps counts the prefill

@@ -19,7 +19,7 @@ MIN_ROUNDS = 10  # rates from fewer rounds than this are shown in parentheses (t
 
 FOOTNOTES = """\
 - **mean accepted**: new tokens per target forward, prefill included (the target alone scores 1.00). Every \
-method is counted the same way, by a forward pre-hook on the target's base model.
+method is counted the same way, by a forward pre-hook on the target's base model. "(x drafted)": where selfspec's adaptive gate left steps plain (it measured them faster), the mean over the steps it drafted.
 - **acceptance @k**: of the verification rounds that reached draft position k (a k-th token drafted, all \
 earlier ones accepted), the fraction that accepted it (conditional acceptance, as in the EAGLE papers). selfspec: \
 from the decoder's stats. transformers' assisted / prompt lookup: read from the size of each target forward \
@@ -77,7 +77,7 @@ def table_rows(report: dict[str, Any], positions: int = SHOWN_POSITIONS) -> tupl
         rows.append(
             [
                 display_name(m),
-                _fmt(m["mean_accepted_tokens"]),
+                tau_cell(m),
                 *[_rate(m, k) for k in range(positions)],
                 _fmt(m["tokens_per_s"], ".1f"),
                 f"{m['speedup']:.2f}x" if m["speedup"] is not None else "n/a",
@@ -85,6 +85,15 @@ def table_rows(report: dict[str, Any], positions: int = SHOWN_POSITIONS) -> tupl
             ]
         )
     return header, rows
+
+
+def tau_cell(m: dict[str, Any]) -> str:
+    """Mean accepted tokens per target forward; with the adaptive gate's plain steps, also over the drafted
+    steps alone (the drafter's own acceptance), in parentheses."""
+    cell = _fmt(m["mean_accepted_tokens"])
+    if m.get("plain_steps") and m.get("decoder_mean_accepted_tokens") is not None:
+        cell += f" ({m['decoder_mean_accepted_tokens']:.2f} drafted)"
+    return cell
 
 
 def _identical(m: dict[str, Any]) -> str:
@@ -117,9 +126,16 @@ def _tree_lines(report: dict[str, Any]) -> list[str]:
     out = []
     for m in report["methods"]:
         if m.get("tree"):
+            gated = ""
+            if m.get("plain_steps"):
+                gated = (
+                    f" The adaptive gate measured plain decoding faster in {m['plain_steps']} of "
+                    f"{m['decoder_steps']} steps and drafted in the others (mean accepted over the drafted "
+                    f"steps: {m['decoder_mean_accepted_tokens']:.2f})."
+                )
             out.append(
                 f"- **{display_name(m)}** drafted a {m['tree']}; measured {m['mean_accepted_tokens']:.2f} "
-                f"tokens/step, {_fmt(m['speedup'])}x over `generate`."
+                f"tokens/step, {_fmt(m['speedup'])}x over `generate`.{gated}"
             )
     return (["", "Trees (`tree=auto` unless the decode options force one):"] + out) if out else []
 

@@ -46,6 +46,7 @@ class DecodeOptionsConf:
     total_tokens: int | None = None  # draft tree size, root included
     tree: Any = None  # auto (null): sized from measured costs | true: the default tree | false: a chain
     medusa_choices: Any = None  # Medusa tree: paths of top-k choice indices
+    adaptive: bool | None = None  # null: on for the cost model's tree (plain steps while drafting loses)
 
 
 @dataclass
@@ -273,6 +274,8 @@ def _summarise(
         "drafted_by_position": drafted,
         "accepted_by_position": accepted,
         "decoder_mean_accepted_tokens": sum(dec) / len(dec) if dec else None,
+        "decoder_steps": sum(r.steps for r in runs),
+        "plain_steps": sum(r.plain_steps for r in runs),
         "tokens_per_s": tps,
         "speedup": tps / base_tps if base_tps else None,
         "identical": mismatched == 0,

@@ -1,0 +1,87 @@
+"""The adaptive gate: speculate only while it measurably pays, step by step.
+
+The cost model (``plan.py``) chooses a tree from costs measured once and acceptance recorded at training time.
+Both can be wrong for the run at hand: acceptance falls on prompts unlike the training ones, step costs move
+with the context length and with whatever else runs on the machine, and on a 2-core fp32 CPU the planner's
+predicted 1.07-1.14x came out at 0.88-1.03x (README, Results). So a decoder using the cost model's tree also
+measures, while it decodes, what a speculative step and a plain step really cost and yield, and takes the
+faster: the spirit of dynamic speculation lengths (e.g. DISCO, Mamou et al. 2024, arXiv:2405.04304) and of
+serving engines that turn speculation off when it does not pay, reduced to the one choice a CPU needs
+(speculate with the planned tree, or not).
+
+Each step's wall time (draft + verify + commit, read after the step's one host sync) and its new tokens per
+live row go into exponentially weighted estimates per arm, seeded with the cost model's prediction. The
+better arm runs; the other is probed now and then so its estimate stays current, more often when the two are
+close (a wrong choice then costs little) and at most about 1% of the time when they are far apart. Plain steps
+still give the target's features to the proposer, which catches up at its next draft, so the choice changes
+speed only: every output is the same as with speculation on (greedy) or has the same distribution (sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PROBE_MIN, PROBE_MAX = 8, 128  # steps between probes of the losing arm
+DECAY = 0.8  # weight of the old estimate at each new measurement of an arm
+
+
+@dataclass
+class SpeculationGate:
+    """Estimates per arm: ``plain_ms`` a plain step; ``spec_ms`` and ``spec_tokens`` (new tokens per live
+    row) a speculative step. Seed them with the cost model's prediction; ``record`` every step's measurement."""
+
+    plain_ms: float
+    spec_ms: float
+    spec_tokens: float
+    steps: int = 0
+    last_plain: int = 0
+    last_spec: int = 0
+
+    @classmethod
+    def from_prediction(cls, plain_ms: float, spec_ms: float, tokens_per_step: float) -> SpeculationGate:
+        """Seeded with the cost model's figures; without them (a forced tree the model cannot price) both
+        arms start unknown and each takes its first measurement as is."""
+        if plain_ms > 0 and spec_ms > 0:
+            return cls(plain_ms, spec_ms, max(tokens_per_step, 1.0))
+        return cls(math.nan, math.nan, 1.0)
+
+    def ratio(self) -> float:
+        """Estimated speed of speculation over plain decoding (tokens per ms, both arms); an arm not yet
+        measured counts as the faster one, so that each is tried."""
+        if math.isnan(self.spec_ms):
+            return math.inf
+        if math.isnan(self.plain_ms):
+            return 0.0
+        return (self.spec_tokens / self.spec_ms) / (1.0 / self.plain_ms)
+
+    def probe_every(self) -> int:
+        """Steps between probes of the losing arm: a probe costs about ``1 - min(r, 1/r)`` of a step, kept
+        near 1% of the steps, within [PROBE_MIN, PROBE_MAX]."""
+        r = self.ratio()
+        if not 0 < r < math.inf:
+            return PROBE_MIN
+        loss = 1.0 - min(r, 1.0 / r)
+        return int(min(PROBE_MAX, max(PROBE_MIN, math.ceil(100 * loss))))
+
+    def speculate(self) -> bool:
+        """Whether the next step drafts."""
+        self.steps += 1
+        spec = self.ratio() >= 1.0
+        last_other = self.last_plain if spec else self.last_spec
+        if self.steps - last_other >= self.probe_every():
+            spec = not spec
+        return spec
+
+    def record(self, spec: bool, ms: float, tokens_per_row: float) -> None:
+        """One measured step of the arm that ran (``tokens_per_row``: new tokens per live row)."""
+        if spec:
+            self.last_spec = self.steps
+            if math.isnan(self.spec_ms):
+                self.spec_ms, self.spec_tokens = ms, tokens_per_row
+            else:
+                self.spec_ms = DECAY * self.spec_ms + (1 - DECAY) * ms
+                self.spec_tokens = DECAY * self.spec_tokens + (1 - DECAY) * tokens_per_row
+        else:
+            self.last_plain = self.steps
+            self.plain_ms = ms if math.isnan(self.plain_ms) else DECAY * self.plain_ms + (1 - DECAY) * ms

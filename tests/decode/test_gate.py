@@ -183,3 +183,24 @@ def test_report_shows_the_drafted_acceptance_beside_the_plain_steps():
     }
     assert tau_cell(row) == "1.19 (2.10 drafted)"
     assert tau_cell({**row, "plain_steps": 0}) == "1.19"
+
+
+@pytest.mark.parametrize("pattern", ["ps", "sp"])
+def test_sampling_with_skipped_drafts_follows_the_target(pattern):
+    """Unseeded sampling runs the gate: a plain step then a drafted one (or the reverse) keeps the target's law."""
+    from tests.decode.test_sampling import _assert_follows_target, _tiny_llama
+
+    target, draft = _tiny_llama(0), _tiny_llama(1)
+    dec = SpeculativeDecoder(target, draft, depth=3, topk=3, total_tokens=8, adaptive=True)
+    dec._gates[3000] = ScriptedGate(pattern)
+    _assert_follows_target(dec, target, seed=None)
+
+
+def test_seeded_sampling_never_adapts(tiny_target):
+    model, _ = tiny_target
+    dec = SpeculativeDecoder(model, model, depth=2, adaptive=True)
+    dec._gates[1] = ScriptedGate("p")  # would leave every step plain
+    ids = torch.tensor([[5, 9, 11, 3]])
+    res = dec.generate(ids, max_new_tokens=8, temperature=0.8, seed=7)
+    assert res.stats.plain_steps == 0
+    assert dec.generate(ids, max_new_tokens=8).stats.plain_steps > 0  # greedy runs the gate

@@ -41,8 +41,9 @@ DEFAULTS["dflash"] = (0, 1, 0)  # a chain of block_size - 1 drafts from one forw
 @dataclass
 class DecodeStats:
     """``mean_accepted_tokens``: tokens per speculative verification forward per row, the bonus included
-    (drafter quality, before EOS/length cuts; the adaptive gate's plain steps are counted in ``plain_steps``). ``acceptance_by_position[k]``: of the steps whose walk reached a node at depth k
-    that had drafted children, the fraction that accepted one (the (k+1)-th drafted token)."""
+    (drafter quality, before EOS/length cuts; the adaptive gate's plain steps are counted in ``plain_steps``).
+    ``acceptance_by_position[k]``: of the steps whose walk reached a node at depth k that had drafted children,
+    the fraction that accepted one (the (k+1)-th drafted token)."""
 
     new_tokens: int = 0
     target_forwards: int = 0
@@ -201,9 +202,8 @@ class SpeculativeDecoder:
         ``eos_token_id`` / ``pad_token_id`` override the target's generation config, as in HF.
         """
         t0 = time.perf_counter()
-        gate = None if temperature > 0 and seed is not None else self.gate(input_ids.shape[0])
         run = _Run(self, input_ids, attention_mask, max_new_tokens, temperature, top_p, top_k, seed,
-                   eos_token_id, pad_token_id, gate=gate)  # fmt: skip
+                   eos_token_id, pad_token_id, gate=self.gate(input_ids.shape[0]))  # fmt: skip
         for step in run.steps():
             if callback is not None:
                 callback(step)
@@ -214,8 +214,7 @@ class SpeculativeDecoder:
     @torch.no_grad()
     def stream(self, input_ids: torch.Tensor, **kwargs: Any) -> Iterator[list[list[int]]]:
         """Yield, after every target forward, the new token ids of each row (empty lists once a row is done)."""
-        seeded = kwargs.get("temperature", 0.0) > 0 and kwargs.get("seed") is not None
-        run = _Run(self, input_ids, **kwargs, gate=None if seeded else self.gate(input_ids.shape[0]))
+        run = _Run(self, input_ids, **kwargs, gate=self.gate(input_ids.shape[0]))
         yield from run.steps()
 
 
@@ -223,9 +222,10 @@ class _Run:
     """State of one ``generate`` call: target cache, proposer, output buffer, per-row progress."""
 
     def __init__(self, dec, input_ids, attention_mask=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None, proposer=None, gate=None) -> None:  # fmt: skip
+                 top_k=0, seed=None, eos_token_id=None, pad_token_id=None, proposer=None,
+                 gate=None) -> None:  # fmt: skip
         self.dec = dec
-        self.gate = gate
+        self.gate = None if temperature > 0 and seed is not None else gate  # seeded draws must repeat
         eos_ids = dec.eos_ids if eos_token_id is None else _as_list(eos_token_id)
         self.pad_id = dec.pad_id if pad_token_id is None else pad_token_id
         dev = dec.target.get_output_embeddings().weight.device

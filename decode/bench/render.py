@@ -19,7 +19,8 @@ MIN_ROUNDS = 10  # rates from fewer rounds than this are shown in parentheses (t
 
 FOOTNOTES = """\
 - **mean accepted**: new tokens per target forward, prefill included (the target alone scores 1.00). Every \
-method is counted the same way, by a forward pre-hook on the target's base model. "(x drafted)": where selfspec's adaptive gate left steps plain (it measured them faster), the mean over the steps it drafted.
+method is counted the same way, by a forward pre-hook on the target's base model. "(x drafted)": where \
+selfspec's adaptive gate left steps plain (it measured them faster), the mean over the steps it drafted.
 - **acceptance @k**: of the verification rounds that reached draft position k (a k-th token drafted, all \
 earlier ones accepted), the fraction that accepted it (conditional acceptance, as in the EAGLE papers). selfspec: \
 from the decoder's stats. transformers' assisted / prompt lookup: read from the size of each target forward \

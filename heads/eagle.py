@@ -52,11 +52,12 @@ class Eagle(Drafter):
         if not config.input_norm:
             self.layer.input_layernorm = nn.Identity()
         self.rotary_emb = rotary_cls(cfg)  # buffers only (inv_freq, non-persistent)
-        self.d2t = self.t2d = None  # full vocabulary: no map (and the EAGLE-1 checkpoint layout)
         if self.reduced:
             d2t, t2d = build_vocab_map(torch.zeros(config.vocab_size), self.draft_vocab_size)
             self.register_buffer("d2t", d2t)
             self.register_buffer("t2d", t2d)
+        else:
+            self.d2t = self.t2d = None  # full vocabulary: no map (and the EAGLE-1 checkpoint layout)
         self._head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # frozen target rows
 
     @property
@@ -93,7 +94,7 @@ class Eagle(Drafter):
         head = self.target_lm_head
         if not self.reduced:
             return head.weight, head.bias
-        if self._head_rows is None or self._head_rows.device != head.weight.device:
+        if self._head_rows is None or self._head_rows[0].device != head.weight.device:
             ids = self.draft_to_target(torch.arange(self.d2t.numel(), device=self.d2t.device))
             rows = ids.to(head.weight.device)
             self._head_rows = (head.weight[rows].contiguous(), None if head.bias is None else head.bias[rows])
@@ -106,8 +107,10 @@ class Eagle(Drafter):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with_logits: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """features (B, T, H) at t, input_ids (B, T) = tokens at t+1 -> (hidden (B, T, H), logits (B, T, V)).
+        ``with_logits=False``: logits None, for a caller that projects only some rows with ``logits``.
 
         ``attention_mask``: None (causal over cache + new) or 4D bool (B, 1, T, S), True = attend.
         ``past_key_values``: a DynamicCache (layer 0 is this drafter's layer), updated in place.
@@ -126,5 +129,9 @@ class Eagle(Drafter):
         )
         if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
             hidden = hidden[0]
+        return hidden, self.logits(hidden) if with_logits else None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., V), or (..., Vd) over the draft vocabulary: the target's lm_head (rows)."""
         weight, bias = self._head()
-        return hidden, project(hidden, weight, bias)  # (B, T, V) or (B, T, Vd) over the draft vocabulary
+        return project(hidden, weight, bias)

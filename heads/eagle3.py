@@ -177,16 +177,22 @@ class Eagle3(DraftVocab, Drafter):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with_logits: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden (B, T, H) (fused, or this drafter's previous output), input_ids (B, T) = tokens at t+1
-        -> (hidden (B, T, H) pre-norm, logits (B, T, Vd) over the draft vocabulary).
+        -> (hidden (B, T, H) pre-norm, logits (B, T, Vd) over the draft vocabulary). ``with_logits=False``:
+        logits None, for a caller that projects only some rows with ``logits`` (training's counted rows).
         """
         emb = self.embed_tokens(input_ids).to(hidden.dtype)  # (B, T, H)
         mask = causal_bool_mask(attention_mask, cache_len(past_key_values), hidden.shape[1], hidden.device)
         pos_emb = self.rotary_emb(hidden, position_ids)
         out = self.midlayer(emb, hidden, pos_emb, mask, past_key_values)  # (B, T, H)
-        h = self.norm(out)
-        # training: the module call, so ZeRO-3 gathers its partitioned weight
-        if h.numel() // h.shape[-1] > 64:
-            return out, self.lm_head(h)
-        return out, project(h, self.lm_head.weight)  # drafting: == self.lm_head(h), faster for few rows
+        return out, self.logits(out) if with_logits else None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) pre-norm states -> (..., Vd) draft-vocabulary logits."""
+        h = self.norm(hidden)
+        # many rows (training), or a ZeRO-3 partitioned weight: the module call, whose hooks gather it
+        if h.numel() // h.shape[-1] > 64 or hasattr(self.lm_head.weight, "ds_id"):
+            return self.lm_head(h)
+        return project(h, self.lm_head.weight)  # drafting: == self.lm_head(h), faster for few rows

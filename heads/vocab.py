@@ -39,6 +39,14 @@ def build_vocab_map(
     return d2t, t2d
 
 
+def draft_token_ids(drafter: nn.Module) -> torch.Tensor | None:
+    """(Vd,) the target ids of a drafter's draft vocabulary, in draft-id order; None without a vocab map."""
+    d2t = getattr(drafter, "d2t", None)
+    if d2t is None:
+        return None
+    return torch.arange(d2t.numel(), device=d2t.device) + d2t
+
+
 def validate_vocab_map(d2t: torch.Tensor, t2d: torch.Tensor, vocab_size: int | None = None) -> None:
     """Raise one clear SelfspecError if d2t/t2d disagree with each other or with the target's vocabulary."""
     vd, v = d2t.numel(), t2d.numel()

@@ -98,14 +98,22 @@ def load_target(
     return model, tokenizer
 
 
-def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+def output_logits(
+    model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """The target's logits from its final (post-norm) hidden states (..., H) -> (..., V).
 
     What ``model(...).logits`` computes from ``hidden_states[-1]``, for callers that keep only a few rows
     (continuous batching) or stored the states (offline features): the lm_head, then the final logit
-    soft-capping some architectures (Gemma) apply.
+    soft-capping some architectures (Gemma) apply. ``token_ids`` (Vd,): only those vocabulary columns, in that
+    order (..., Vd), at Vd/V of the cost (a drafter's reduced vocabulary).
     """
-    logits = model.get_output_embeddings()(hidden)
+    head = model.get_output_embeddings()
+    if token_ids is None:
+        logits = head(hidden)
+    else:
+        bias = None if head.bias is None else head.bias[token_ids]
+        logits = torch.nn.functional.linear(hidden, head.weight[token_ids], bias)
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from selfspec.heads.vocab import draft_token_ids
 from selfspec.utils import SelfspecError
 
 
@@ -56,6 +57,20 @@ def _rows(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> tuple[to
     """Keep only the valid rows: (B, n, V) x2 and (B, n) -> (N, V) x2, in fp32 for the softmaxes."""
     m = mask.bool()
     return pred[m].float(), tgt[m].float()
+
+
+def in_draft_vocab(tgt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target logits -> (the draft vocabulary's columns in draft-id order (N, Vd), the target's top-1 (N,) as a
+    target id), for a drafter whose ``ids`` (Vd,) are ``draft_token_ids``.
+
+    ``tgt`` is the full (N, V) or already those columns (N, Vd): the trainer's cheap path (``Trainer.inputs``
+    projects only the draft vocabulary's rows of the target's lm_head while training), where the top-1 is the best
+    draft-vocabulary token. Evaluation passes full logits, so eval agreement counts a target top-1 outside the
+    draft vocabulary as a miss; the loss is the same either way (restricted, renormalised).
+    """
+    if tgt.shape[-1] == ids.numel():
+        return tgt, ids[tgt.argmax(-1)]
+    return tgt[:, ids], tgt.argmax(-1)
 
 
 def soft_ce(pred: torch.Tensor, tgt: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -142,20 +157,21 @@ def eagle_loss(
     inp = feat[:, :r]
     if lc.feature_noise > 0 and drafter.training:  # EAGLE-1: robustness to its own imperfect features
         inp = inp + (torch.rand_like(inp) - 0.5) * lc.feature_noise
-    hidden, logits = drafter(inp, input_ids[:, 1:], pos)  # (B, R, H), (B, R, V or Vd)
+    hidden, _ = drafter(inp, input_ids[:, 1:], pos, with_logits=False)  # (B, R, H)
     n = seq - 2  # rows whose predicted token x_{t+2} exists
     m = loss_mask[:, 2 : 2 + n].bool()
-    pred, tgt = _rows(logits[:, :n], tgt_logits[:, 1 : 1 + n], m)
-    if drafter.reduced:  # the target's distribution restricted to the draft vocabulary, as EAGLE-3
-        ids = drafter.draft_to_target(torch.arange(pred.shape[-1], device=pred.device))
-        tgt_full, tgt = tgt, tgt[:, ids]
-        correct = (ids[pred.argmax(-1)] == tgt_full.argmax(-1)).sum()
+    pred = drafter.logits(hidden[:, :n][m]).float()  # (N, V or Vd): only rows that count
+    tgt = tgt_logits[:, 1 : 1 + n][m].float()
+    ids = draft_token_ids(drafter)
+    if ids is not None:  # the target's distribution restricted to the draft vocabulary, as EAGLE-3
+        tgt, top1 = in_draft_vocab(tgt, ids)
+        correct = (ids[pred.argmax(-1)] == top1).sum()
     else:
         correct = (pred.argmax(-1) == tgt.argmax(-1)).sum()
     ce = _mean(soft_ce(pred, tgt, lc.temperature))
     reg = F.smooth_l1_loss(hidden[:, :n][m].float(), feat[:, 1 : 1 + n][m].float(), reduction="none")
     feat_loss = _mean(reg.mean(-1))
-    out = _stack([ce], [correct], [pred.shape[0]], [lc.ce_weight], logits.device)
+    out = _stack([ce], [correct], [pred.shape[0]], [lc.ce_weight], hidden.device)
     out.loss = out.loss + lc.feature_weight * feat_loss
     out.extra["feature_loss"] = feat_loss
     return out
@@ -185,19 +201,23 @@ def eagle3_loss(
     b, seq = input_ids.shape
     r = seq - 1
     steps = int(drafter.config.ttt_steps)
-    draft_ids = torch.arange(drafter.d2t.numel(), device=input_ids.device)
-    draft_to_target = draft_ids + drafter.d2t  # (Vd,) target id of each draft id
+    draft_to_target = draft_token_ids(drafter)  # (Vd,) target id of each draft id
     hidden = drafter.fuse(torch.cat(features, dim=-1)[:, :r])  # (B, R, H)
     cache = DynamicCache()
     base_pos = torch.arange(r, device=input_ids.device).expand(b, r)
     losses, correct, count = [], [], []
     for j in range(steps):
         mask = ttt_mask(r, j, b, input_ids.device)
-        hidden, logits = drafter(hidden, _shift_ids(input_ids, 1 + j, r), base_pos + j, mask, cache)
+        hidden, _ = drafter(
+            hidden, _shift_ids(input_ids, 1 + j, r), base_pos + j, mask, cache, with_logits=False
+        )
         n = max(0, seq - j - 2)  # rows whose predicted token x_{t+j+2} exists
-        pred, tgt = _rows(logits[:, :n], tgt_logits[:, j + 1 : j + 1 + n], loss_mask[:, j + 2 : j + 2 + n])
-        losses.append(_mean(soft_ce(pred, tgt[:, draft_to_target], lc.temperature)))
-        correct.append((draft_to_target[pred.argmax(-1)] == tgt.argmax(-1)).sum())
+        m = loss_mask[:, j + 2 : j + 2 + n].bool()
+        pred = drafter.logits(hidden[:, :n][m]).float()  # (N, Vd): only rows that count hit the lm_head
+        tgt = tgt_logits[:, j + 1 : j + 1 + n][m].float()
+        tgt, top1 = in_draft_vocab(tgt, draft_to_target)
+        losses.append(_mean(soft_ce(pred, tgt, lc.temperature)))
+        correct.append((draft_to_target[pred.argmax(-1)] == top1).sum())
         count.append(pred.shape[0])
     weights = [lc.ttt_decay**j for j in range(steps)]
     return _stack(losses, correct, count, weights, input_ids.device)
@@ -248,16 +268,17 @@ def dflash_loss(
     anchors, valid = sample_anchors(loss_mask, int(lc.dflash_anchors), gen)  # (B, N)
     context = drafter.fuse(torch.cat(features, dim=-1))  # (B, T, H)
     logits = drafter.forward_anchors(context, input_ids, anchors)  # (B, N, K, Vd)
-    draft_to_target = torch.arange(drafter.d2t.numel(), device=input_ids.device) + drafter.d2t  # (Vd,)
+    draft_to_target = draft_token_ids(drafter)  # (Vd,)
     rows = torch.arange(b, device=input_ids.device)[:, None].expand_as(anchors)  # (B, N)
     losses, correct, count = [], [], []
     for i in range(1, k):
         pos = anchors + i  # (B, N) the predicted token's position
         m = valid & (pos < seq) & loss_mask.gather(1, pos.clamp(max=seq - 1)).bool()
         pred = logits[:, :, i][m].float()  # (M, Vd)
-        tgt = tgt_logits[rows[m], pos[m] - 1].float()  # (M, V) the target's distribution for x_{a+i}
-        losses.append(_mean(soft_ce(pred, tgt[:, draft_to_target], lc.temperature)))
-        correct.append((draft_to_target[pred.argmax(-1)] == tgt.argmax(-1)).sum())
+        tgt = tgt_logits[rows[m], pos[m] - 1].float()  # (M, V or Vd) the target's distribution for x_{a+i}
+        tgt, top1 = in_draft_vocab(tgt, draft_to_target)
+        losses.append(_mean(soft_ce(pred, tgt, lc.temperature)))
+        correct.append((draft_to_target[pred.argmax(-1)] == top1).sum())
         count.append(pred.shape[0])
     weights = [math.exp(-(i - 1) / float(lc.dflash_gamma)) for i in range(1, k)]
     return _stack(losses, correct, count, weights, input_ids.device)

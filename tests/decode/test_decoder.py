@@ -19,6 +19,10 @@ DRAFTERS = {
     "medusa-chain": ({"type": "medusa", "num_heads": 3}, {"tree": False}),
     "eagle-tree": ({"type": "eagle"}, {"depth": 3, "topk": 3, "total_tokens": 8}),
     "eagle-chain": ({"type": "eagle"}, {"tree": False, "depth": 3}),
+    "eagle-reduced-vocab": (
+        {"type": "eagle", "draft_vocab_size": 96},
+        {"depth": 3, "topk": 3, "total_tokens": 8},
+    ),
     "eagle3-tree": ({"type": "eagle3", "draft_vocab_size": 128}, {"depth": 3, "topk": 3, "total_tokens": 8}),
     "draft_model": ({"type": "draft_model", "num_layers": 1}, {"depth": 3}),
     "draft_model-tree": (

@@ -35,6 +35,24 @@ def test_round_trip(tiny_target, input_ids, tmp_path, family):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_eagle_reduced_vocabulary_round_trip(tiny_target, input_ids, tmp_path):
+    """EAGLE with a draft vocabulary (``head.draft_vocab_size``): the map and the outputs survive the folder."""
+    target, tok = tiny_target
+    counts = torch.arange(target.config.vocab_size, dtype=torch.float)
+    d = build_drafter({"type": "eagle", "draft_vocab_size": 64}, target, token_counts=counts)
+    randomise(d)
+    d.eval()
+    assert d.reduced and int(d.draft_to_target(torch.tensor([0]))) == target.config.vocab_size - 64
+    _save(d, tmp_path / "d", tok)
+    loaded = load_drafter(tmp_path / "d", target=target, tokenizer=tok)
+    assert torch.equal(loaded.d2t, d.d2t) and torch.equal(loaded.t2d, d.t2d)
+    for a, b in zip(
+        draft_outputs(d, target, input_ids), draft_outputs(loaded, target, input_ids), strict=True
+    ):
+        assert a.shape[-1] in (64, target.config.hidden_size)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family", ["medusa", "eagle3"])
 def test_weights_hold_drafter_only(tiny_target, tmp_path, family):
     from safetensors.torch import load_file

@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from selfspec.heads import build_drafter, target_forward
+from selfspec.heads.vocab import draft_token_ids
+from selfspec.target import output_logits
 from selfspec.train.config import LossConf
-from selfspec.train.losses import draft_model_loss, eagle3_loss, eagle_loss, medusa_loss, soft_ce, ttt_mask
+from selfspec.train.losses import (
+    LOSSES,
+    draft_model_loss,
+    eagle3_loss,
+    eagle_loss,
+    medusa_loss,
+    soft_ce,
+    ttt_mask,
+)
 
 
 @pytest.mark.parametrize("own_lm_head", [False, True])
@@ -34,6 +44,45 @@ def test_medusa_loss_projects_only_counted_rows_but_equals_full_logits(tiny_targ
         assert got.correct[k] == (pred.argmax(-1) == tgt.argmax(-1)).sum()
     got.loss.backward()
     assert all(p.grad is not None for p in drafter.heads.parameters())
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"type": "eagle3", "draft_vocab_size": 64, "ttt_steps": 3},
+        {"type": "eagle", "draft_vocab_size": 64},
+        {"type": "dflash", "draft_vocab_size": 64, "block_size": 4, "num_layers": 1},
+    ],
+    ids=lambda h: h["type"],
+)
+def test_draft_vocabulary_logits_give_the_full_logits_loss(tiny_target, head):
+    """Training steps pass only the draft vocabulary's target logits (the trainer's cheap path): the loss is the
+    full-logits one; agreement then counts the best draft-vocabulary token as the target's top-1, so it equals the
+    full count when the target's top-1 is in the draft vocabulary, and is never below it otherwise."""
+    target, _ = tiny_target
+    torch.manual_seed(0)
+    drafter = build_drafter(
+        head, target, torch.rand(target.config.vocab_size)
+    ).eval()  # dflash: fixed anchors
+    ids = torch.randint(0, target.config.vocab_size, (2, 24))
+    mask = (torch.rand(2, 24) > 0.3).long()
+    out = target_forward(target, ids, layers=drafter.feature_layers() + [target.config.num_hidden_layers])
+    feats, final = out.hidden[:-1], out.hidden[-1]
+    rows = draft_token_ids(drafter)
+    fn, lc = LOSSES[drafter.drafter_type], LossConf()
+    full = fn(drafter, ids, mask, output_logits(target, final), feats, lc)
+    part = fn(drafter, ids, mask, output_logits(target, final, rows), feats, lc)
+    torch.testing.assert_close(part.per_head, full.per_head)
+    torch.testing.assert_close(part.count, full.count)
+    assert bool((part.correct >= full.correct).all())
+    # Raise every draft-vocabulary logit alike: the restricted distribution (and the loss) stays, and the target's
+    # top-1 is now always in the draft vocabulary, where both paths must count the same agreement.
+    lifted = output_logits(target, final).clone()
+    lifted[..., rows] += 100.0
+    lifted_full = fn(drafter, ids, mask, lifted, feats, lc)
+    torch.testing.assert_close(lifted_full.per_head, full.per_head)
+    torch.testing.assert_close(lifted_full.correct, part.correct)
+    assert float(full.count.sum()) > 0
 
 
 # -- reference cases: which target row and which loss_mask entry each drafter row is compared with ------------
@@ -116,16 +165,21 @@ class _StubEagle(torch.nn.Module):
     """Records what it is fed; returns a fixed hidden state and logits row per drafter row."""
 
     drafter_type = "eagle"
-    reduced = False  # the whole vocabulary, as EAGLE-1
+    d2t = None  # the whole vocabulary, as EAGLE-1
 
     def __init__(self, hidden: torch.Tensor, table: torch.Tensor) -> None:
         super().__init__()
         self.hidden, self.table, self.fed = hidden, table, []
 
-    def forward(self, features, input_ids, position_ids, attention_mask=None, past_key_values=None):
+    def forward(
+        self, features, input_ids, position_ids, attention_mask=None, past_key_values=None, with_logits=True
+    ):
         self.fed.append((features.clone(), input_ids.clone(), position_ids.clone()))
         r = input_ids.shape[1]
-        return self.hidden[None, :r], self.table[None, :r]
+        return self.hidden[None, :r], self.table[None, :r] if with_logits else None
+
+    def logits(self, hidden):  # row t's hidden state is 10 (t + 1)
+        return self.table[(hidden[..., 0] / 10).long() - 1]
 
 
 def test_eagle_alignment_reference():
@@ -163,11 +217,17 @@ class _StubEagle3(torch.nn.Module):
     def fuse(self, aux: torch.Tensor) -> torch.Tensor:
         return aux
 
-    def forward(self, hidden, input_ids, position_ids, attention_mask=None, past_key_values=None):
+    def forward(
+        self, hidden, input_ids, position_ids, attention_mask=None, past_key_values=None, with_logits=True
+    ):
         step = len(self.fed)
         self.fed.append((hidden.clone(), input_ids.clone(), position_ids.clone()))
         out = hidden + 100.0 * (step + 1)  # what the next step must be fed back
-        return out, self.tables[step][None]
+        return out, self.tables[step][None] if with_logits else None
+
+    def logits(self, hidden):  # step j's output at row t is t + 100 (1 + .. + (j + 1))
+        step = len(self.fed) - 1
+        return self.tables[step][(hidden[..., 0] - 50.0 * (step + 1) * (step + 2)).long()]
 
 
 def test_eagle3_training_time_test_alignment_reference():

@@ -31,7 +31,7 @@ from selfspec.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 2
+SCHEMA = 3  # 3: verification projects the lm_head with W @ x.T (target_forward own_head)
 VERIFY_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 WIDTHS = (1, 2, 4, 8)

@@ -316,7 +316,9 @@ class _Run:
     def _verify(self, tree: DraftTree) -> tuple[Acceptance, tuple[torch.Tensor, ...]]:
         anc = ancestor_mask(tree.parents, tree.depth)  # (B, N, N)
         pos = self.root_pos[:, None] + anc.sum(-1) - 1  # root_pos + depth
-        out = target_forward(self.dec.target, tree.tokens, self.kv.mask(anc), pos, self.kv.cache, self.layers)
+        out = target_forward(
+            self.dec.target, tree.tokens, self.kv.mask(anc), pos, self.kv.cache, self.layers, own_head=True
+        )
         self.stats.target_forwards += 1
         width = _width(tree, self.proposer)
         if self.sampling:

@@ -156,7 +156,7 @@ def _verify_once(run: Any, n: int) -> None:
     anc = ancestor_mask(parents, n - 1)
     tokens = run.ids[:, -n:] if n <= run.ids.shape[1] else run.ids[:, :1].expand(1, n)
     pos = run.root_pos[:, None] + torch.arange(n, device=run.ids.device)
-    target_forward(run.dec.target, tokens, run.kv.mask(anc), pos, run.kv.cache, run.layers)
+    target_forward(run.dec.target, tokens, run.kv.mask(anc), pos, run.kv.cache, run.layers, own_head=True)
     run.kv.rollback()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfspec.target import project  # noqa: F401  (the drafters' output layers import it from here)
 from selfspec.utils import SelfspecError
 
 
@@ -104,22 +105,6 @@ class Drafter(nn.Module):
         for t in self.parameters():
             return t.device
         return torch.device("cpu")
-
-
-def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for output layers (weight (V, H), x (..., H) -> (..., V)).
-
-    For a few rows (drafting: 1..K positions) ``weight @ x.T`` streams the large V x H weight once in its
-    storage order; on CPU it is ~3x faster than ``F.linear`` for 4 rows (bench_heads.py). Many rows
-    (training) take ``F.linear``.
-    """
-    rows = x.numel() // x.shape[-1]
-    if rows > 64:
-        return nn.functional.linear(x, weight, bias)
-    out = (weight @ x.reshape(rows, -1).t()).t().contiguous()  # (rows, V)
-    if bias is not None:
-        out = out + bias
-    return out.view(*x.shape[:-1], -1)
 
 
 def _final_norm(target: nn.Module) -> nn.Module:

@@ -1,0 +1,51 @@
+"""Verification cost with the target's own ``F.linear`` lm_head against ``own_head`` (``W @ x.T``), interleaved.
+
+``python scripts/verify_head.py [--dtype fp32] [--context 200] [--repeat 12]``: one target forward over n new
+tokens after a ``--context``-token prefix (a copy of the prefix cache per call), for n = 1, 2, 3, 4, 8, 16, both
+paths alternating in one process; minimum milliseconds of ``--repeat`` calls each. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from selfspec.heads.features import target_forward
+from selfspec.target import load_target
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--context", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=12)
+    args = ap.parse_args()
+    target, _ = load_target(args.target, device="cpu", dtype=args.dtype)
+    gen = torch.Generator().manual_seed(0)
+    vocab = target.config.get_text_config().vocab_size
+    prefix = torch.randint(0, vocab, (1, args.context), generator=gen)
+    with torch.no_grad():
+        cache = target(input_ids=prefix, use_cache=True).past_key_values
+    print(f"target {args.target}, {args.dtype}, {torch.get_num_threads()} threads, context {args.context}")
+    print("| new tokens | F.linear head (ms) | W @ x.T head (ms) | ratio |")
+    print("|---:|---:|---:|---:|")
+    for n in (1, 2, 3, 4, 8, 16):
+        ids = torch.randint(0, vocab, (1, n), generator=gen)
+        pos = torch.arange(args.context, args.context + n)[None]
+        best = {False: float("inf"), True: float("inf")}
+        for _ in range(args.repeat):
+            for own in (False, True):
+                kv = copy.deepcopy(cache)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    target_forward(target, ids, None, pos, kv, own_head=own)
+                best[own] = min(best[own], (time.perf_counter() - t0) * 1e3)
+        print(f"| {n} | {best[False]:.1f} | {best[True]:.1f} | {best[False] / best[True]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

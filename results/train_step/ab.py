@@ -64,7 +64,7 @@ def main() -> None:
     feats = prepare_features(cfg, target, dataset, splits, drafter, 2.0, 0)
     trainer = Trainer(cfg, target, drafter, splits, int(tok.pad_token_id), __import__("pathlib").Path("/tmp/ab"),
                       0, 1, resolve_device("cpu"), features=feats)  # fmt: skip
-    batches = [b for _, b in zip(range(6), trainer.train_batches.epoch_iter(0))]
+    batches = [b for _, b in zip(range(6), trainer.train_batches.epoch_iter(0), strict=False)]
     now_fn = losses.LOSSES["eagle3"]
     for batch in batches:  # the same loss and gradients on both paths
         grads = {}

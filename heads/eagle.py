@@ -94,7 +94,9 @@ class Eagle(Drafter):
         head = self.target_lm_head
         if not self.reduced:
             return head.weight, head.bias
-        if self._head_rows is None or self._head_rows[0].device != head.weight.device:
+        stale = self._head_rows is None or self._head_rows[0].device != head.weight.device
+        # rows cached while decoding (inference mode) cannot be saved for a later training backward
+        if stale or (self._head_rows[0].is_inference() and not torch.is_inference_mode_enabled()):
             ids = self.draft_to_target(torch.arange(self.d2t.numel(), device=self.d2t.device))
             rows = ids.to(head.weight.device)
             self._head_rows = (head.weight[rows].contiguous(), None if head.bias is None else head.bias[rows])

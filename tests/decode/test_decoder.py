@@ -124,3 +124,19 @@ def test_drafter_for_another_target_is_refused(tiny_target):
         SpeculativeDecoder(model, drafter)
     with pytest.raises(SelfspecError, match="built for another target"):
         SpeculativeDecoder(model, other)
+
+
+def test_a_drafter_trains_after_decoding(tiny_target, batch):
+    """Decoding runs in inference mode; what a drafter cached there (EAGLE's draft-vocabulary rows of the target's
+    lm_head) must not break a training backward afterwards."""
+    from selfspec.heads import target_forward
+
+    model, _ = tiny_target
+    ids = batch[0][:1]
+    drafter = build_drafter({"type": "eagle", "draft_vocab_size": 96}, model)
+    SpeculativeDecoder(model, drafter, depth=2, topk=2, total_tokens=4).generate(ids, max_new_tokens=4)
+    feats = target_forward(model, ids, layers=drafter.feature_layers()).hidden[0]
+    pos = torch.arange(ids.shape[1])[None]
+    _, logits = drafter(feats, ids, pos)
+    logits.float().pow(2).mean().backward()
+    assert drafter.fc.weight.grad is not None and bool(drafter.fc.weight.grad.abs().sum() > 0)

@@ -23,7 +23,7 @@ from torch import nn
 
 from selfspec.heads.arch import arch_classes, arch_config, cache_len, causal_bool_mask
 from selfspec.heads.base import Drafter, TargetDims, project
-from selfspec.heads.vocab import build_vocab_map, validate_vocab_map
+from selfspec.heads.vocab import build_vocab_map, draft_token_ids, validate_vocab_map
 
 
 @dataclass
@@ -97,8 +97,7 @@ class Eagle(Drafter):
         stale = self._head_rows is None or self._head_rows[0].device != head.weight.device
         # rows cached while decoding (inference mode) cannot be saved for a later training backward
         if stale or (self._head_rows[0].is_inference() and not torch.is_inference_mode_enabled()):
-            ids = self.draft_to_target(torch.arange(self.d2t.numel(), device=self.d2t.device))
-            rows = ids.to(head.weight.device)
+            rows = draft_token_ids(self).to(head.weight.device)
             self._head_rows = (head.weight[rows].contiguous(), None if head.bias is None else head.bias[rows])
         return self._head_rows
 

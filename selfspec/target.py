@@ -102,8 +102,9 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     """``F.linear(x, weight, bias)`` for output layers (weight (V, H), x (..., H) -> (..., V)).
 
     For a few rows (drafting: 1..K positions) ``weight @ x.T`` streams the large V x H weight once in its
-    storage order; on CPU it is ~3x faster than ``F.linear`` for 4 rows (heads/bench_heads.py; the same for the target's lm_head over 2-8 verified rows in fp32, measured). Many rows
-    (training) take ``F.linear``.
+    storage order; on CPU it is ~3x faster than ``F.linear`` for 4 rows (heads/bench_heads.py), and up to 2x for
+    the target's lm_head over 2-8 verified rows in fp32 (scripts/verify_head.py). Many rows (training) take
+    ``F.linear``.
     """
     rows = x.numel() // x.shape[-1]
     if rows > 64:
@@ -125,11 +126,10 @@ def output_logits(
     order (..., Vd), at Vd/V of the cost (a drafter's reduced vocabulary).
     """
     head = model.get_output_embeddings()
-    if token_ids is None:
-        logits = project(hidden, head.weight, head.bias)
-    else:
-        bias = None if head.bias is None else head.bias[token_ids]
-        logits = project(hidden, head.weight[token_ids], bias)
+    weight, bias = head.weight, head.bias
+    if token_ids is not None:
+        weight, bias = weight[token_ids], None if bias is None else bias[token_ids]
+    logits = project(hidden, weight, bias)
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from selfspec.heads.vocab import draft_token_ids
 from selfspec.train.losses import _shift_ids, ttt_mask
 
 DEPTH = 8  # draft depths measured
@@ -84,11 +85,10 @@ def rank_counts(
     b, seq = ids.shape
     best = tgt_logits.argmax(-1)  # (B, T): the target's token after each position
     to_draft = None
-    if getattr(drafter, "t2d", None) is not None:  # a reduced draft vocabulary
+    draft_ids = draft_token_ids(drafter)
+    if draft_ids is not None:  # a reduced draft vocabulary: target id -> draft id, -1 outside it
         to_draft = torch.full((drafter.t2d.numel(),), -1, dtype=torch.long, device=ids.device)
-        to_draft[drafter.draft_to_target(torch.arange(drafter.d2t.numel(), device=ids.device))] = (
-            torch.arange(drafter.d2t.numel(), device=ids.device)
-        )
+        to_draft[draft_ids.to(ids.device)] = torch.arange(draft_ids.numel(), device=ids.device)
     hits = torch.zeros(DEPTH, RANKS + 2, dtype=torch.long)  # ranks 0..R-1, then the chain's hits and reach
     reached = torch.zeros(DEPTH, dtype=torch.long)
     alive = torch.ones(b, seq, dtype=torch.bool, device=ids.device)  # root t: all tokens above within ranks

@@ -16,7 +16,9 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from selfspec.data.features import build_features, estimate_bytes, features_root, find_features
-from selfspec.heads.eagle3 import default_aux_layers
+from selfspec.heads.dflash import DFlashConfig
+from selfspec.heads.dflash import default_aux_layers as dflash_layers
+from selfspec.heads.eagle3 import default_aux_layers as eagle3_layers
 from selfspec.train.parallel import barrier
 from selfspec.utils import SelfspecError
 
@@ -52,9 +54,11 @@ def size_schedule(cfg: DictConfig, n_train: int, world: int) -> float:
 
 
 def feature_layers(drafter: Any, num_layers: int) -> list[int]:
-    """The layers to store offline: the drafter's, the final state (for the logits) and EAGLE-3's defaults,
-    so one stored set serves every family trained on the same dataset."""
-    return sorted(set(drafter.feature_layers()) | {num_layers} | set(default_aux_layers(num_layers)))
+    """The layers to store offline: the drafter's, the final state (for the logits), EAGLE-3's defaults and
+    DFlash's default spread, so one stored set serves every family trained on the same dataset with its defaults
+    (``make reproduce`` builds it once; on SmolLM2 the union is 5 states instead of 4)."""
+    shared = set(eagle3_layers(num_layers)) | set(dflash_layers(num_layers, DFlashConfig.num_layers))
+    return sorted(set(drafter.feature_layers()) | {num_layers} | shared)
 
 
 def prepare_features(

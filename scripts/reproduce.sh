@@ -4,7 +4,7 @@
 #   1. the long dataset: the target writes $LONG_PROMPTS prompts of its own and answers them (data/generate.py);
 #   2. python train/run.py +experiment=X_long for X in $EXPERIMENTS, on that dataset (its target features are
 #      stored once, by the first run, and reused by the others); drafters in $RUNS/X/drafter;
-#   3. the quick-start EAGLE-3 (python train/run.py +experiment=eagle3, its own 256-prompt dataset);
+#   3. the quick-start EAGLE-3 (python train/run.py +experiment=eagle3, its own 768-prompt dataset);
 #   4. one combined bench of every long drafter and the baselines on the long dataset's held-out prompts, and
 #      another on the shipped prompt set of other kinds (code, math, two-turn), then the quick-start EAGLE-3 on
 #      both sets; greedy, 128 new tokens, batch 1, the target's dtype (bf16 on a CPU with native bf16);
@@ -14,7 +14,7 @@
 # Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, LONG_PROMPTS, BENCH_PROMPTS, OTHER_PROMPTS, TRAIN_ARGS (extra Hydra
 # overrides for every training run), ECONOMIZE_VENV, SKIP (stage names to skip: quick scaling oracle economize).
 # BUDGET=quick runs the same stages at the quick-start budget instead (about 1.5 hours): every family's quick
-# experiment on the quick start's 256-prompt dataset, no separate quick stage, no scaling curve:
+# experiment on the quick start's 768-prompt dataset, no separate quick stage, no scaling curve:
 #   BUDGET=quick RESULTS=results/quick make reproduce
 # A smoke test of the script itself:
 #   TRAIN_ARGS="target=tiny_random train.max_steps=3 train.epochs=0" LONG_PROMPTS=16 BENCH_PROMPTS=2 \
@@ -27,16 +27,16 @@ RUNS=${RUNS:-outputs/reproduce}
 RESULTS=${RESULTS:-results}
 EXPERIMENTS=${EXPERIMENTS:-eagle3 eagle medusa dflash draft}
 BUDGET=${BUDGET:-long}
+SKIP=${SKIP:-}
 case $BUDGET in
     long) LONG_PROMPTS=${LONG_PROMPTS:-3072}; SUFFIX=_long ;;
-    quick) LONG_PROMPTS=${LONG_PROMPTS:-256}; SUFFIX=; SKIP="$SKIP quick scaling" ;;
+    quick) LONG_PROMPTS=${LONG_PROMPTS:-768}; SUFFIX=; SKIP="$SKIP quick scaling" ;;
     *) echo "BUDGET must be long or quick, not '$BUDGET'" >&2; exit 2 ;;
 esac
 BENCH_PROMPTS=${BENCH_PROMPTS:-24}
 OTHER_PROMPTS=${OTHER_PROMPTS:-null}  # null: all 48 of the shipped other-kinds set
 TRAIN_ARGS=${TRAIN_ARGS:-}
 ECONOMIZE_VENV=${ECONOMIZE_VENV:-/work/venvs/economize}
-SKIP=${SKIP:-}
 TITLE="SmolLM2-135M-Instruct target on a 2-core CPU"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
 

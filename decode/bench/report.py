@@ -209,7 +209,9 @@ def _dtype_note(target: Any, prompts: list[list[int]], max_new: int, pad: int, n
     if target.dtype == torch.float32 or target.device.type != "cpu" or not prompts:
         return note
     fp32 = copy.deepcopy(target).float()
-    times = {"own": 0.0, "fp32": 0.0}
+    x = torch.tensor([prompts[0]], device=target.device)
+    fp32.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False, pad_token_id=pad)
+    times = {"own": 0.0, "fp32": 0.0}  # the fp32 copy warmed up above (the target was, with every method)
     tokens = 0
     for prompt in prompts:  # paired, alternating which runs first
         for key, model in (

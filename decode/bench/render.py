@@ -134,8 +134,13 @@ def _tree_lines(report: dict[str, Any]) -> list[str]:
                     f"{m['decoder_steps']} steps and drafted in the others (mean accepted over the drafted "
                     f"steps: {m['decoder_mean_accepted_tokens']:.2f})."
                 )
+            what = f"drafted a {m['tree']}"
+            if m["tree"] == "no speculation (cost model)":
+                what = (
+                    "decoded without drafting (the cost model predicted no tree faster than plain decoding)"
+                )
             out.append(
-                f"- **{display_name(m)}** drafted a {m['tree']}; measured {m['mean_accepted_tokens']:.2f} "
+                f"- **{display_name(m)}** {what}; measured {m['mean_accepted_tokens']:.2f} "
                 f"tokens/step, {_fmt(m['speedup'])}x over `generate`.{gated}"
             )
     return (["", "Trees (`tree=auto` unless the decode options force one):"] + out) if out else []

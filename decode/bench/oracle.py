@@ -4,7 +4,8 @@ An oracle drafter proposes the target's own greedy continuation (computed first 
 speculation), so a chain of depth D is accepted whole (D + 1 tokens per target forward) by construction, and a
 tree of N nodes holds that chain plus wrong siblings. What the step costs beyond the target's forward over its
 nodes is the decoder's overhead: ``efficiency`` = measured tokens/s over the cost curve's ideal
-``tokens_per_step / verify_ms(N)``, at the tokens per step the run really got. Two things keep those below
+``step_tokens / verify_ms(N)``, with the tokens each decoding step really got (the prefill's first token is no
+step's; the ``tokens/step`` column counts it, as it always has). Two things keep those below
 D + 1 that are not the decoder's doing: the last step is cut at ``max_new_tokens`` (128 = 14 x 9 + 2 at depth 8),
 and in bf16 a block forward rounds differently from one-token steps, so an oracle token can lose a near-tie and
 be rejected. The table also prints the ideal at D + 1 tokens per step, and the share of it that was reached.
@@ -136,8 +137,9 @@ def run(target, prompts: list[list[int]], max_new: int, depths: list[int], tree_
             depth = max(map(len, row["paths"]))
             ms = curve.verify(n)
             # tokens/s if a step cost only its verify forward: at the tokens each step really got (the last
-            # step is cut at max_new_tokens; in bf16 a block can lose a near-tie), and at D + 1 by construction
-            ideal = row["tokens_per_step"] / ms * 1e3
+            # step is cut at max_new_tokens; in bf16 a block can lose a near-tie; the prefill's token is no
+            # step's), and at D + 1 by construction
+            ideal = (row["tokens"] - row["prompts"]) / row["steps"] / ms * 1e3
             full = (depth + 1) / ms * 1e3
             row.update(nodes=n, ideal_tok_s=ideal, efficiency=tps / ideal, ideal_speedup=ideal / base,
                        full_speedup=full / base, full_efficiency=tps / full)  # fmt: skip
@@ -151,7 +153,9 @@ def _decode(dec, ids, max_new, proposer) -> tuple[torch.Tensor, int]:
 
 
 def _add(rows, name, paths, tokens, steps, seconds) -> None:
-    row = rows.setdefault(name, {"name": name, "paths": paths, "tokens": 0, "steps": 0, "seconds": 0.0})
+    row = rows.setdefault(name, {"name": name, "paths": paths, "tokens": 0, "steps": 0, "seconds": 0.0,
+                                 "prompts": 0})  # fmt: skip
+    row["prompts"] += 1
     row["tokens"] += tokens
     row["steps"] += steps
     row["seconds"] += seconds

@@ -55,11 +55,18 @@ def reference_margins(target: PreTrainedModel, prompt: list[int], new: list[int]
     ids = torch.tensor([prompt], device=target.device)
     out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(new), do_sample=False,
                           pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True)  # fmt: skip
-    margins = []
-    for logits in out.logits:
-        top = logits[0].float().topk(2).values
-        margins.append(float(top[0] - top[1]))
-    return margins
+    return [top2_margin(logits[0]) for logits in out.logits]
+
+
+def top2_margin(logits: torch.Tensor) -> float:
+    """The gap between the two largest logits of one position (V,)."""
+    top = logits.float().topk(2).values
+    return float(top[0] - top[1])
+
+
+def near_tie(margin: float | None, noise: Noise) -> bool:
+    """A divergence at a position whose reference top-2 margin is within the block-vs-single noise."""
+    return margin is not None and margin <= noise.max_abs
 
 
 def first_divergence(got: list[int], ref: list[int]) -> int | None:

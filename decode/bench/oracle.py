@@ -139,7 +139,7 @@ def run(target, prompts: list[list[int]], max_new: int, depths: list[int], tree_
             # tokens/s if a step cost only its verify forward: at the tokens each step really got (the last
             # step is cut at max_new_tokens; in bf16 a block can lose a near-tie; the prefill's token is no
             # step's), and at D + 1 by construction
-            ideal = (row["tokens"] - row["prompts"]) / row["steps"] / ms * 1e3
+            ideal = (row["tokens"] - len(prompts)) / row["steps"] / ms * 1e3
             full = (depth + 1) / ms * 1e3
             row.update(nodes=n, ideal_tok_s=ideal, efficiency=tps / ideal, ideal_speedup=ideal / base,
                        full_speedup=full / base, full_efficiency=tps / full)  # fmt: skip
@@ -153,9 +153,7 @@ def _decode(dec, ids, max_new, proposer) -> tuple[torch.Tensor, int]:
 
 
 def _add(rows, name, paths, tokens, steps, seconds) -> None:
-    row = rows.setdefault(name, {"name": name, "paths": paths, "tokens": 0, "steps": 0, "seconds": 0.0,
-                                 "prompts": 0})  # fmt: skip
-    row["prompts"] += 1
+    row = rows.setdefault(name, {"name": name, "paths": paths, "tokens": 0, "steps": 0, "seconds": 0.0})
     row["tokens"] += tokens
     row["steps"] += steps
     row["seconds"] += seconds

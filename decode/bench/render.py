@@ -135,7 +135,7 @@ def _tree_lines(report: dict[str, Any]) -> list[str]:
                     f"steps: {m['decoder_mean_accepted_tokens']:.2f})."
                 )
             what = f"drafted a {m['tree']}"
-            if m["tree"] == "no speculation (cost model)":
+            if m.get("tree_depth") == 0:
                 what = (
                     "decoded without drafting (the cost model predicted no tree faster than plain decoding)"
                 )

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfspec.config import JobConf, TargetConf, register_core
 from selfspec.decode.bench.baselines import PromptRun, eos_ids_of, measure
-from selfspec.decode.bench.lossless import block_noise, first_divergence, reference_margins
+from selfspec.decode.bench.lossless import block_noise, first_divergence, near_tie, reference_margins
 from selfspec.decode.bench.methods import DEFAULT_METHODS, build_methods, labelled
 from selfspec.decode.bench.prompts import prompts_from_split
 from selfspec.decode.bench.render import render_markdown, write_outputs
@@ -172,8 +172,8 @@ def _tree(choice: Any) -> dict[str, Any]:
     """The tree a selfspec row drafted, and what the cost model predicted for it."""
     if choice is None:
         return {}
-    return {"tree": choice.describe(), "predicted_speedup": choice.speedup, "predicted_tokens_per_step":
-            choice.tokens_per_step}  # fmt: skip
+    return {"tree": choice.describe(), "tree_depth": choice.depth, "predicted_speedup": choice.speedup,
+            "predicted_tokens_per_step": choice.tokens_per_step}  # fmt: skip
 
 
 def _exactness(
@@ -195,9 +195,7 @@ def _exactness(
             if j not in margins:  # untimed: generate again, keeping the logits of each step
                 margins[j] = reference_margins(target, ids[j], b.new_tokens, pad)
             m = margins[j][i] if i < len(margins[j]) else None
-            divs.append(
-                {"prompt": j, "index": i, "margin": m, "near_tie": m is not None and m <= noise.max_abs}
-            )
+            divs.append({"prompt": j, "index": i, "margin": m, "near_tie": near_tie(m, noise)})
         out[name] = {"divergences": divs, "near_ties_only": all(d["near_tie"] for d in divs)}
     return {"noise": noise, "methods": out}
 

@@ -10,7 +10,11 @@ serving engines that turn speculation off when it does not pay, reduced to the o
 (speculate with the planned tree, or not).
 
 Each step's wall time (draft + verify + commit, read after the step's one host sync) and its new tokens per
-live row go into exponentially weighted estimates per arm, seeded with the cost model's prediction. The
+live row go into exponentially weighted estimates per arm, seeded with the cost model's prediction. Tokens per
+speculative step are the noisy figure (1, 2 or 3 from one step to the next), so they get the longer memory
+(about 20 steps against 10 for the times): with one memory of 5 steps for both, a run of rejections flipped the
+gate to plain decoding, and since the losing arm is only probed, it stayed there, leaving 399 of 734 steps plain
+on a drafter that paid 1.23x without the gate (``scripts/gate_ab.py``, README "The adaptive gate"). The
 better arm runs; the other is probed now and then so its estimate stays current, more often when the two are
 close (a wrong choice then costs little) and at most about 1% of the time when they are far apart. Plain steps
 still give the target's features to the proposer, which catches up at its next draft, so the choice changes
@@ -23,7 +27,8 @@ import math
 from dataclasses import dataclass
 
 PROBE_MIN, PROBE_MAX = 8, 128  # steps between probes of the losing arm
-DECAY = 0.8  # weight of the old estimate at each new measurement of an arm
+DECAY_MS = 0.9  # weight of the old estimate at each new measurement of an arm's step time
+DECAY_TOKENS = 0.95  # ... and of a speculative step's new tokens (the noisier figure)
 
 
 @dataclass
@@ -35,6 +40,8 @@ class SpeculationGate:
     spec_ms: float
     spec_tokens: float
     steps: int = 0
+    decay_ms: float = DECAY_MS
+    decay_tokens: float = DECAY_TOKENS
     last_plain: int = 0
     last_spec: int = 0
 
@@ -80,8 +87,11 @@ class SpeculationGate:
             if math.isnan(self.spec_ms):
                 self.spec_ms, self.spec_tokens = ms, tokens_per_row
             else:
-                self.spec_ms = DECAY * self.spec_ms + (1 - DECAY) * ms
-                self.spec_tokens = DECAY * self.spec_tokens + (1 - DECAY) * tokens_per_row
+                self.spec_ms = self.decay_ms * self.spec_ms + (1 - self.decay_ms) * ms
+                self.spec_tokens = (
+                    self.decay_tokens * self.spec_tokens + (1 - self.decay_tokens) * tokens_per_row
+                )
         else:
             self.last_plain = self.steps
-            self.plain_ms = ms if math.isnan(self.plain_ms) else DECAY * self.plain_ms + (1 - DECAY) * ms
+            old = self.plain_ms
+            self.plain_ms = ms if math.isnan(old) else self.decay_ms * old + (1 - self.decay_ms) * ms

@@ -14,7 +14,7 @@ live row go into exponentially weighted estimates per arm, seeded with the cost 
 speculative step are the noisy figure (1, 2 or 3 from one step to the next), so they get the longer memory
 (about 20 steps against 10 for the times): with one memory of 5 steps for both, a run of rejections flipped the
 gate to plain decoding, and since the losing arm is only probed, it stayed there, leaving 399 of 734 steps plain
-on a drafter that paid 1.23x without the gate (``scripts/gate_ab.py``, README "The adaptive gate"). The
+on a drafter that paid 1.23x without the gate (``scripts/gate_ab.py``, README "The adaptive gate's memory"). The
 better arm runs; the other is probed now and then so its estimate stays current, more often when the two are
 close (a wrong choice then costs little) and at most about 1% of the time when they are far apart. Plain steps
 still give the target's features to the proposer, which catches up at its next draft, so the choice changes
@@ -51,7 +51,7 @@ class SpeculationGate:
         arms start unknown and each takes its first measurement as is."""
         if plain_ms > 0 and spec_ms > 0:
             return cls(plain_ms, spec_ms, max(tokens_per_step, 1.0))
-        return cls(math.nan, math.nan, 1.0)
+        return cls(math.nan, math.nan, math.nan)
 
     def ratio(self) -> float:
         """Estimated speed of speculation over plain decoding (tokens per ms, both arms); an arm not yet
@@ -84,14 +84,13 @@ class SpeculationGate:
         """One measured step of the arm that ran (``tokens_per_row``: new tokens per live row)."""
         if spec:
             self.last_spec = self.steps
-            if math.isnan(self.spec_ms):
-                self.spec_ms, self.spec_tokens = ms, tokens_per_row
-            else:
-                self.spec_ms = self.decay_ms * self.spec_ms + (1 - self.decay_ms) * ms
-                self.spec_tokens = (
-                    self.decay_tokens * self.spec_tokens + (1 - self.decay_tokens) * tokens_per_row
-                )
+            self.spec_ms = _blend(self.spec_ms, ms, self.decay_ms)
+            self.spec_tokens = _blend(self.spec_tokens, tokens_per_row, self.decay_tokens)
         else:
             self.last_plain = self.steps
-            old = self.plain_ms
-            self.plain_ms = ms if math.isnan(old) else self.decay_ms * old + (1 - self.decay_ms) * ms
+            self.plain_ms = _blend(self.plain_ms, ms, self.decay_ms)
+
+
+def _blend(old: float, new: float, decay: float) -> float:
+    """An exponentially weighted estimate after one more measurement; an unknown (NaN) one takes it as is."""
+    return new if math.isnan(old) else decay * old + (1 - decay) * new

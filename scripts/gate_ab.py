@@ -63,19 +63,16 @@ def main() -> None:
     base = SpeculativeDecoder.from_pretrained(args.drafter, dtype=args.dtype)
     target, drafter = base.target, base.drafter
     decs = {"target alone": SpeculativeDecoder(target, None)}
-    for name, decays in ARMS.items():
-        dec = SpeculativeDecoder(target, drafter, adaptive=decays is not None)
-        if decays is not None:
-            gate = dec.gate(1)
-            gate.decay_ms, gate.decay_tokens = decays
-        decs[name] = dec
+    decs.update(
+        {name: SpeculativeDecoder(target, drafter, adaptive=d is not None) for name, d in ARMS.items()}
+    )
     sets = {"eval split": prompts_from_dataset_dir(dataset_of_drafter(args.drafter), args.prompts)}
     if args.other_kinds:
         sets["other kinds"] = load_prompts_file("other_kinds", base.tokenizer, args.other_kinds)
     warm = sets["eval split"][0]
-    for dec in decs.values():  # untimed warm-up; the gates persist across calls, so give them fresh ones
+    for dec in decs.values():  # untimed warm-up
         dec.generate(torch.tensor([warm], device=target.device), max_new_tokens=16, eos_token_id=[])
-    for name, decays in ARMS.items():
+    for name, decays in ARMS.items():  # the gates persist across calls: fresh ones, with each arm's memory
         if decays is not None:
             decs[name]._gates.clear()
             gate = decs[name].gate(1)

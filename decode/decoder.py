@@ -299,7 +299,14 @@ class _Run:
         layers = target.config.get_text_config().num_hidden_layers
         self.kv = KVState.empty(b, dev, layers, capacity, reserve=tree + 1)
         out = target_forward(
-            target, self.ids, self.kv.mask(new), pos, self.kv.cache, self.layers, logits_to_keep=1
+            target,
+            self.ids,
+            self.kv.mask(new),
+            pos,
+            self.kv.cache,
+            self.layers,
+            logits_to_keep=1,
+            own_head=True,
         )
         self.kv.start(self.mask)
         self.stats.target_forwards += 1

@@ -101,17 +101,23 @@ def load_target(
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for output layers (weight (V, H), x (..., H) -> (..., V)).
 
-    For a few rows (drafting: 1..K positions) ``weight @ x.T`` streams the large V x H weight once in its
-    storage order; on CPU it is ~3x faster than ``F.linear`` for 4 rows (heads/bench_heads.py), and up to 2x for
-    the target's lm_head over 2-8 verified rows in fp32 (scripts/verify_head.py). Many rows (training) take
-    ``F.linear``.
+    The input is always flattened to 2D first: in bf16 on CPU, ``F.linear`` on a 3D input whose size-1 batch
+    dimension keeps a large stride (``hidden[:, -1:]`` of a prompt, which is what transformers' ``logits_to_keep``
+    passes) takes a batched path that copies the whole transposed weight, ~50 ms for SmolLM2's head against
+    ~3.5 ms for the same row in 2D (``python scripts/verify_head.py --dtype bf16``, the prefill row). In fp32
+    and for a few rows (drafting: 1..K positions; verification: 2..64) ``weight @ x.T`` streams the V x H weight
+    once in its storage order: ~3x faster than ``F.linear`` for 4 rows (heads/bench_heads.py) and up to 2x for
+    the target's lm_head over 2-8 verified rows (scripts/verify_head.py). In bf16 ``F.linear`` in 2D is as fast
+    or faster at every row count (same script), and the transposed result needs no copy.
     """
     rows = x.numel() // x.shape[-1]
-    if rows > 64:
-        return torch.nn.functional.linear(x, weight, bias)
-    out = (weight @ x.reshape(rows, -1).t()).t().contiguous()  # (rows, V)
-    if bias is not None:
-        out = out + bias
+    flat = x.reshape(rows, x.shape[-1])
+    if rows > 64 or weight.dtype != torch.float32:
+        out = torch.nn.functional.linear(flat, weight, bias)
+    else:
+        out = (weight @ flat.t()).t().contiguous()  # (rows, V)
+        if bias is not None:
+            out = out + bias
     return out.view(*x.shape[:-1], -1)
 
 

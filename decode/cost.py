@@ -31,7 +31,8 @@ from selfspec.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 3  # 3: verification projects the lm_head with W @ x.T (target_forward own_head)
+# 3: the lm_head as W @ x.T (own_head); 4: verify timed in two passes, smaller drafts capped by larger ones
+SCHEMA = 4
 VERIFY_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8)
 WIDTHS = (1, 2, 4, 8)

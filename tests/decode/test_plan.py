@@ -81,6 +81,10 @@ def test_measured_curve_is_cached_and_a_corrupt_cache_is_remeasured(tiny_target,
     curve = curve_for(dec)
     assert set(curve.verify_ms) >= {1, 4, 16} and all(v > 0 for v in curve.verify_ms.values())
     assert set(curve.spec_overhead_ms) == {4, 16} and all(v >= 0 for v in curve.spec_overhead_ms.values())
+    for shape, ms in curve.draft_ms.items():  # a smaller draft never costs more than a deeper or wider one
+        depth, width = map(int, shape.split(","))
+        for bigger in (f"{depth + 1},{width}", f"{depth},{width * 2}"):
+            assert ms <= curve.draft_ms.get(bigger, ms)
     path = cache_path(curve.key)
     assert json.loads(path.read_text())["spec_overhead_ms"]
     assert load_curve(curve.key) == curve

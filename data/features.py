@@ -184,8 +184,8 @@ def _write_shard(
         ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
         for j, i in enumerate(batch):
             ids[j, : len(rows[i])] = torch.tensor(rows[i], device=device)
-        # The base model alone: features need no logits (and in bf16 on CPU the lm_head over ``hidden[:, -1:]``
-        # alone costs ~50 ms a batch through transformers' 3D path; selfspec.target.project).
+        # The base model alone: features need no logits (in bf16 on CPU even transformers' lm_head over
+        # ``hidden[:, -1:]`` copies the whole transposed head; selfspec.target.project).
         states = target.get_decoder()(input_ids=ids, output_hidden_states=True).hidden_states
         stacked = torch.stack([states[k] for k in layers], dim=2)  # (B, T, layers, H), the target's dtype
         for j, i in enumerate(batch):

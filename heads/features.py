@@ -38,8 +38,7 @@ def target_forward(
     cached plus new keys, with explicit ``position_ids``; both are passed through unchanged, as is the
     cache (updated in place when given). ``logits_to_keep``: logits of the last N positions only (0: all).
     ``own_head``: run the decoder, then the lm_head through ``selfspec.target.output_logits`` (decoding's
-    verification: in fp32 on CPU, ``W @ x.T`` costs 9-17 ms for 2-8 rows of SmolLM2's 49k-row head where
-    ``F.linear`` costs 17-26, measured; the same from 16 rows up).
+    prefill and verification; ``selfspec.target.project`` says which product it takes and why).
     """
     want_hidden = len(layers) > 0
     model = target.get_decoder() if own_head else target

@@ -36,28 +36,36 @@ def main() -> None:
     print(f"target {args.target}, {args.dtype}, {torch.get_num_threads()} threads, context {args.context}")
     print("| new tokens | transformers head (ms) | project head (ms) | ratio |")
     print("|---:|---:|---:|---:|")
-    best = {False: float("inf"), True: float("inf")}
-    for _ in range(max(args.repeat // 3, 2)):
-        for own in (False, True):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                target_forward(target, prefix, logits_to_keep=1, own_head=own)
-            best[own] = min(best[own], (time.perf_counter() - t0) * 1e3)
-    print(
-        f"| prefill {args.context}, last row | {best[False]:.1f} | {best[True]:.1f} | {best[False] / best[True]:.2f}x |"
-    )
+
+    def prefill(own: bool) -> float:
+        return _ms(lambda: target_forward(target, prefix, logits_to_keep=1, own_head=own))
+
+    print(_row(f"prefill {args.context}, last row", max(args.repeat // 3, 2), prefill))
     for n in (1, 2, 3, 4, 8, 16):
         ids = torch.randint(0, vocab, (1, n), generator=gen)
         pos = torch.arange(args.context, args.context + n)[None]
-        best = {False: float("inf"), True: float("inf")}
-        for _ in range(args.repeat):
-            for own in (False, True):
-                kv = copy.deepcopy(cache)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    target_forward(target, ids, None, pos, kv, own_head=own)
-                best[own] = min(best[own], (time.perf_counter() - t0) * 1e3)
-        print(f"| {n} | {best[False]:.1f} | {best[True]:.1f} | {best[False] / best[True]:.2f}x |")
+
+        def step(own: bool, ids=ids, pos=pos) -> float:
+            kv = copy.deepcopy(cache)  # outside the timed call
+            return _ms(lambda: target_forward(target, ids, None, pos, kv, own_head=own))
+
+        print(_row(str(n), args.repeat, step))
+
+
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _row(label: str, repeat: int, timed) -> str:
+    """A table row: the minimum of ``timed(own)`` (ms) per head, the two alternating ``repeat`` times."""
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(repeat):
+        for own in (False, True):
+            best[own] = min(best[own], timed(own))
+    return f"| {label} | {best[False]:.1f} | {best[True]:.1f} | {best[False] / best[True]:.2f}x |"
 
 
 if __name__ == "__main__":

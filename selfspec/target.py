@@ -103,12 +103,14 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
     The input is always flattened to 2D first: in bf16 on CPU, ``F.linear`` on a 3D input whose size-1 batch
     dimension keeps a large stride (``hidden[:, -1:]`` of a prompt, which is what transformers' ``logits_to_keep``
-    passes) takes a batched path that copies the whole transposed weight, ~50 ms for SmolLM2's head against
-    ~3.5 ms for the same row in 2D (``python scripts/verify_head.py --dtype bf16``, the prefill row). In fp32
-    and for a few rows (drafting: 1..K positions; verification: 2..64) ``weight @ x.T`` streams the V x H weight
-    once in its storage order: ~3x faster than ``F.linear`` for 4 rows (heads/bench_heads.py) and up to 2x for
-    the target's lm_head over 2-8 verified rows (scripts/verify_head.py). In bf16 ``F.linear`` in 2D is as fast
-    or faster at every row count (same script), and the transposed result needs no copy.
+    passes) takes a batched path that copies the whole transposed weight: a 200-token prefill of SmolLM2 cost
+    178.7 ms through transformers' head and 92.5 through this one (``python scripts/verify_head.py --dtype bf16``,
+    the prefill row; README, the AMX Xeon section). In fp32, for a few rows (drafting: 1..K positions;
+    verification: 2..64), ``weight @ x.T`` streams the V x H weight once in its storage order: ~3x faster than
+    ``F.linear`` for 4 rows (heads/bench_heads.py) and up to 1.23x for the target's lm_head over 2-8 verified
+    rows on the AVX2 EPYC (scripts/verify_head.py), though 0.85-1.04x on the AMX Xeon. In bf16, 2D ``F.linear``
+    was faster than ``weight @ x.T`` for 2-8 rows on the AVX512-BF16 EPYC (a throwaway probe: 3.3-4.9 ms
+    against 5.3-6.2), and the transposed result needs no copy.
     """
     rows = x.numel() // x.shape[-1]
     flat = x.reshape(rows, x.shape[-1])

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # After `EXPERIMENTS="eagle3 dflash" SKIP="quick scaling oracle economize" RESULTS=results/intel_amx/long
-# OTHER_PROMPTS=24 make reproduce` (2026-12-06 night, Intel Xeon AMX): the same machine, alone, one after another.
+# OTHER_PROMPTS=24 make reproduce` (2026-12-06 night, Intel Xeon AMX): the measurements on the long drafters, on the
+# same machine, alone, one after another, in this order. (They ran as three chained scripts; the steps and their
+# commands are those.)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
@@ -16,4 +18,9 @@ for dt in bf16 fp32; do
     /work/venvs/vllm/bin/python scripts/vllm_check.py --drafter $E3 --prompts eval --max-new-tokens 128 \
         --dtype $dt --out $R/vllm_$dt > $R/vllm_$dt.log 2>&1 || echo "vllm_check $dt: rc $?" >> $R/after.rc
 done
-echo done > $R/after.done
+# 4. a deeper tree than the cost model picks (acceptance length; gate off), on the bench's 24 held-out prompts
+$PY decode/bench/run.py drafter=$E3 max_new_tokens=128 num_prompts=24 "methods=[target,selfspec]" \
+    decode.depth=6 decode.topk=8 decode.total_tokens=48 decode.adaptive=false \
+    output_dir=$R/bench_eagle3_tree48 > $R/bench_eagle3_tree48.log 2>&1
+# 5. economize again (does its ratio repeat?)
+$PY scripts/economize_compare.py --venv /work/venvs/economize --drafter $E3 > $R/economize_2.md 2> $R/economize_2.log

@@ -45,6 +45,7 @@ class Eagle3Config(TargetDims):
     draft_vocab_size: int = 32000
     aux_layers: list[int] = field(default_factory=list)
     fc_init: str = "high"  # "high": fc starts as the identity on the high layer's state; "random"
+    freeze_lm_head: bool = False  # True: lm_head stays the target's rows of the draft vocabulary (EAGLE-1's choice)
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -148,6 +149,7 @@ class Eagle3(DraftVocab, Drafter):
         self.midlayer = Eagle3Layer(cfg, norm_cls)
         self.norm = norm_cls(h, eps=cfg.rms_norm_eps)
         self.lm_head = nn.Linear(h, self.draft_vocab_size, bias=False)
+        self.lm_head.weight.requires_grad_(not config.freeze_lm_head)
         self.rotary_emb = rotary_cls(cfg)  # non-persistent inv_freq buffer only
         self._init_vocab_buffers()
 

@@ -39,6 +39,16 @@ ROWS: list[tuple[str, str, list[str]]] = [
         "warmup",
         ["+experiment=eagle3", "train.warmup_ratio=0", "train.warmup_steps=1"],
     ),
+    (
+        "eagle3 freeze_lm_head",
+        "EAGLE-3 lm_head frozen (overfitting)",
+        ["+experiment=eagle3", "head.freeze_lm_head=true"],
+    ),
+    (
+        "eagle3 feature_noise=1",
+        "EAGLE-3 input-feature noise (overfitting)",
+        ["+experiment=eagle3", "train.loss.feature_noise=1.0"],
+    ),
     ("eagle3 features=online", "feature mode (throughput)", ["+experiment=eagle3", "train.features=online"]),
     (
         "eagle3 compute_dtype=fp32",

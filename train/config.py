@@ -28,7 +28,7 @@ class LossConf:
     medusa_soft: bool = True  # CE to the target's distribution (self-distillation); false: to its argmax
     head_decay: float = 0.8  # Medusa head k weighs head_decay**k (Medusa-2's lambda_k)
     feature_weight: float = 1.0  # EAGLE: smooth L1 feature regression
-    feature_noise: float = 0.0  # EAGLE: uniform noise of this width added to the input features (EAGLE-1)
+    feature_noise: float = 0.0  # EAGLE, EAGLE-3: uniform noise of this width on the input features (EAGLE-1)
     ce_weight: float = 0.1  # EAGLE: CE to the target distribution (EAGLE's 0.1 p-loss)
     ttt_decay: float = 0.8  # EAGLE-3: TTT step j weighs ttt_decay**j
     divergence: str = "forward_kl"  # draft model: forward_kl | reverse_kl | jsd

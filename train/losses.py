@@ -202,7 +202,10 @@ def eagle3_loss(
     r = seq - 1
     steps = int(drafter.config.ttt_steps)
     draft_to_target = draft_token_ids(drafter)  # (Vd,) target id of each draft id
-    hidden = drafter.fuse(torch.cat(features, dim=-1)[:, :r])  # (B, R, H)
+    aux = torch.cat(features, dim=-1)[:, :r]  # (B, R, 3H)
+    if lc.feature_noise > 0 and drafter.training:  # EAGLE-1's input noise, on the three fused states
+        aux = aux + (torch.rand_like(aux) - 0.5) * lc.feature_noise
+    hidden = drafter.fuse(aux)  # (B, R, H)
     cache = DynamicCache()
     base_pos = torch.arange(r, device=input_ids.device).expand(b, r)
     losses, correct, count = [], [], []

@@ -85,6 +85,35 @@ def test_draft_vocabulary_logits_give_the_full_logits_loss(tiny_target, head):
     assert float(full.count.sum()) > 0
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_eagle3_feature_noise_and_frozen_lm_head(tiny_target, freeze):
+    """``feature_noise`` perturbs EAGLE-3's fused inputs while training only (evaluation sees the target's states);
+    ``freeze_lm_head`` keeps the lm_head at the target's draft-vocabulary rows: no gradient, same weights."""
+    target, _ = tiny_target
+    torch.manual_seed(0)
+    head = {"type": "eagle3", "draft_vocab_size": 64, "ttt_steps": 2, "freeze_lm_head": freeze}
+    drafter = build_drafter(head, target, torch.rand(target.config.vocab_size))
+    ids = torch.randint(0, target.config.vocab_size, (2, 20))
+    mask = torch.ones(2, 20, dtype=torch.long)
+    out = target_forward(target, ids, layers=drafter.feature_layers())
+    quiet, noisy = LossConf(), LossConf(feature_noise=2.0)
+    drafter.eval()
+    torch.testing.assert_close(
+        eagle3_loss(drafter, ids, mask, out.logits, out.hidden, noisy).loss,
+        eagle3_loss(drafter, ids, mask, out.logits, out.hidden, quiet).loss,
+    )
+    drafter.train()
+    clean = eagle3_loss(drafter, ids, mask, out.logits, out.hidden, quiet).loss
+    loss = eagle3_loss(drafter, ids, mask, out.logits, out.hidden, noisy).loss
+    assert not torch.allclose(loss, clean)
+    start = drafter.lm_head.weight.detach().clone()
+    loss.backward()
+    assert drafter.lm_head.weight.requires_grad is not freeze
+    assert (drafter.lm_head.weight.grad is None) is freeze
+    assert drafter.fc.weight.grad is not None and float(drafter.fc.weight.grad.abs().sum()) > 0
+    torch.testing.assert_close(drafter.lm_head.weight, start)
+
+
 # -- reference cases: which target row and which loss_mask entry each drafter row is compared with ------------
 #
 # Sequence x0 x1 x2 x3 (T = 4), vocabulary 5, loss_mask [0, 1, 0, 1] (the target wrote x1 and x3). The target's

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # After `BUDGET=quick RESULTS=results/epyc_bf16_1207 RUNS=outputs/quick BENCH_PROMPTS=16 OTHER_PROMPTS=8 make reproduce`
-# (2026-12-07, AMD EPYC with avx512_bf16; its economize stage skipped for time, run here as step 3): the checks on
+# (2026-12-07, AMD EPYC with avx512_bf16; its economize stage skipped for time and
+# tried here as step 3): the checks on
 # the trained drafters, alone, in this order. (The DFlash tests of pytest_dflash.log ran just before step 1.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,6 +13,7 @@ $PY -m selfspec.heads.bench_heads > $R/bench_heads.md 2> $R/bench_heads.log
 # 2. speculators 0.9.0 reads the trained exports (EAGLE-3, DFlash) with equal logits; re-imported folders decode
 SELFSPEC_INTEROP_VENVS=/work/venvs/interop SELFSPEC_INTEROP_TRAINED=outputs/quick PYTHON=$PY \
     bash scripts/interop_check.sh -k "speculators or dflash" > $R/interop_trained.log 2>&1
-# 3. economize 0.3.2 on the same exported heads (8 held-out prompts x 128 tokens, bf16, best of 2 alternating rounds)
+# 3. economize 0.3.2 on the same exported heads (8 held-out prompts x 128 tokens, bf16, best of 2 alternating rounds):
+#    run under `timeout 1000` this session, it had not printed its table when the limit stopped it
 $PY scripts/economize_compare.py --venv /work/venvs/economize --drafter outputs/quick/eagle3/drafter \
     --drafter outputs/quick/medusa/drafter > $R/economize.md 2> $R/economize.log

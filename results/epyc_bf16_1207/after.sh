@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # After `BUDGET=quick RESULTS=results/epyc_bf16_1207 RUNS=outputs/quick BENCH_PROMPTS=16 OTHER_PROMPTS=8 make reproduce`
-# (2026-12-07, AMD EPYC with avx512_bf16; its economize stage skipped for time and
-# tried here as step 3): the checks on
-# the trained drafters, alone, in this order. (The DFlash tests of pytest_dflash.log ran just before step 1.)
+# (2026-12-07, AMD EPYC with avx512_bf16; its economize stage skipped for time and tried here as step 3): the checks
+# on the trained drafters, alone, in this order.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 R=results/epyc_bf16_1207
 while pgrep -f "scripts/reproduce.sh" > /dev/null; do sleep 20; done
+# 0. DFlash's lossless and refusal tests
+$PY -m pytest -q -p no:cacheprovider tests/heads/test_dflash.py tests/heads/test_formats.py \
+    tests/decode/test_decoder.py tests/decode/test_integration.py tests/decode/test_sampling.py -k dflash \
+    > $R/pytest_dflash.log 2>&1
 # 1. draft-step costs of every family (bf16 and fp32)
 $PY -m selfspec.heads.bench_heads > $R/bench_heads.md 2> $R/bench_heads.log
 # 2. speculators 0.9.0 reads the trained exports (EAGLE-3, DFlash) with equal logits; re-imported folders decode

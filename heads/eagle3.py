@@ -45,7 +45,7 @@ class Eagle3Config(TargetDims):
     draft_vocab_size: int = 32000
     aux_layers: list[int] = field(default_factory=list)
     fc_init: str = "high"  # "high": fc starts as the identity on the high layer's state; "random"
-    freeze_lm_head: bool = False  # True: lm_head stays the target's rows of the draft vocabulary (EAGLE-1's choice)
+    freeze_lm_head: bool = False  # True: lm_head stays the target's draft-vocabulary rows (EAGLE-1)
 
 
 def default_aux_layers(num_layers: int) -> list[int]:

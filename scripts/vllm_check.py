@@ -130,16 +130,22 @@ def selfspec_run(drafter: str, prompts: list[list[int]], k: int, dtype: str, max
     }
 
 
-def divergences(target, prompts: list[list[int]], ref: list[list[int]], got: list[list[int]]) -> dict:
+def reference_noise(target, prompts: list[list[int]], ref: list[list[int]]):
+    """The block-vs-single noise of the check's dtype on vLLM's own outputs (the same for every chain)."""
+    from selfspec.decode.bench.lossless import block_noise
+
+    return block_noise(target, [p + r for p, r in zip(prompts[:4], ref, strict=False)],
+                       [len(p) for p in prompts[:4]])  # fmt: skip
+
+
+def divergences(target, prompts: list[list[int]], ref: list[list[int]], got: list[list[int]], noise) -> dict:
     """Each prompt where ``got`` differs from ``ref`` (vLLM alone): the first differing index and the target's
     top-2 logit margin there (one forward over the prompt and ``ref`` up to it, in the check's dtype), judged
     against the block-vs-single noise of that dtype on this machine (``selfspec.decode.bench.lossless``)."""
     import torch
 
-    from selfspec.decode.bench.lossless import block_noise, first_divergence, near_tie, top2_margin
+    from selfspec.decode.bench.lossless import first_divergence, near_tie, top2_margin
 
-    noise = block_noise(target, [p + r for p, r in zip(prompts[:4], ref, strict=False)],
-                        [len(p) for p in prompts[:4]])  # fmt: skip
     divs = []
     for j, (p, r, g) in enumerate(zip(prompts, ref, got, strict=True)):
         i = first_divergence(g, r)
@@ -217,11 +223,13 @@ def main() -> None:
             for k in chains:
                 spec_job = {**job, "drafter": str(spec_dirs[k]), "k": k}
                 runs.setdefault(f"k{k}", []).append(run_vllm(spec_job, Path(tmp), f"vllm+drafter_k{k}_r{r}"))
-    reports = []
+    reports, noise = [], None
     for k in chains:
         ours = selfspec_run(args.drafter, prompts, k, args.dtype, args.max_new_tokens)
         target = ours.pop("target")
-        div = divergences(target, prompts, runs["vllm"][0]["outputs"], runs[f"k{k}"][0]["outputs"])
+        ref = runs["vllm"][0]["outputs"]
+        noise = noise or reference_noise(target, prompts, ref)
+        div = divergences(target, prompts, ref, runs[f"k{k}"][0]["outputs"], noise)
         reports.append(summarise(args, k, runs["vllm"], runs[f"k{k}"], ours, div, len(prompts)))
         del target, ours
     report = {"chains": reports, "failures": [f for r in reports for f in r["failures"]]}
@@ -249,7 +257,8 @@ def summarise(
     same_spec = n - len(div["divergences"])
     same_ours = sum(a == b for a, b in zip(base["outputs"], ours["outputs"], strict=True))
     tps = {
-        k: v["tokens"] / v["seconds"] for k, v in (("vllm", base), ("vllm+drafter", spec), ("selfspec", ours))
+        name: v["tokens"] / v["seconds"]
+        for name, v in (("vllm", base), ("vllm+drafter", spec), ("selfspec", ours))
     }
     tps["target (transformers generate)"] = ours["tokens"] / ours["target_seconds"]
     per_round = [(b["seconds"] / b["tokens"]) / (sp["seconds"] / sp["tokens"])

@@ -67,7 +67,7 @@ def test_divergences_margin_at_the_first_differing_token(tiny_target):
         model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False)[0, 4:].tolist() for p in prompts
     ]
     got = [ref[0], ref[1][:2] + [(ref[1][2] + 1) % 100] + ref[1][3:]]
-    d = vllm_check.divergences(model, prompts, ref, got)
+    d = vllm_check.divergences(model, prompts, ref, got, vllm_check.reference_noise(model, prompts, ref))
     assert [x["prompt"] for x in d["divergences"]] == [1] and d["divergences"][0]["index"] == 2
     with torch.no_grad():
         top = model(torch.tensor([prompts[1] + ref[1][:2]])).logits[0, -1].topk(2).values

@@ -88,6 +88,10 @@ def dataset_meta(
         data["engine"] = {"name": engine, **{k: settings[engine].get(k) for k in _ENGINE_CONTENT[engine]}}
     if data["source"] != "self":
         data.pop("magpie")
+    elif data["magpie"].get("avoid"):  # the avoided datasets by their folder names (each names its content)
+        data["magpie"]["avoid"] = [p.name for p in _avoided_folders(data["magpie"]["avoid"])]
+    else:
+        data["magpie"].pop("avoid", None)  # datasets made before data.magpie.avoid keep their keys
     if (
         data["source"] in ("jsonl", "parquet")
         and data.get("path")
@@ -101,6 +105,26 @@ def dataset_meta(
         "data": data,
         "seed": int(cfg.seed),
     }
+
+
+def _avoided_folders(paths: list[str]) -> list[Path]:
+    folders = [Path(p).expanduser().resolve() for p in paths]
+    for f in folders:
+        if not (f / "prompts.json").is_file():
+            raise SelfspecError(
+                f"data.magpie.avoid: {f} is not a dataset folder (no prompts.json); give folders the data "
+                "step wrote, e.g. under $SELFSPEC_HOME/datasets"
+            )
+    return folders
+
+
+def avoided_prompts(paths: list[str]) -> list[str]:
+    """Every user message of the datasets named in ``data.magpie.avoid`` (their train and eval splits)."""
+    texts = []
+    for folder in _avoided_folders(paths):
+        plan = json.loads((folder / "prompts.json").read_text())
+        texts += [m["content"] for conv in plan["conversations"] for m in conv if m["role"] == "user"]
+    return texts
 
 
 def _throughput_only(data: dict[str, Any]) -> list[str]:
@@ -200,7 +224,14 @@ def make_plan(
     d = cfg.data
     if d.source == "self":
         torch.manual_seed(int(cfg.seed))
-        texts, rejected = self_prompts(model, tokenizer, int(d.num_prompts), d.magpie, rollout.engine)
+        avoid = avoided_prompts(list(d.magpie.avoid))
+        if avoid:
+            logger.info(
+                "self prompts: avoiding near duplicates of %d prompts in data.magpie.avoid", len(avoid)
+            )
+        texts, rejected = self_prompts(
+            model, tokenizer, int(d.num_prompts), d.magpie, rollout.engine, avoid=avoid
+        )
         convs: list[Conversation] = [[{"role": "user", "content": t}] for t in texts]
         convs = [c for c in convs if rollout.fits(c)]
         skipped = {f"self prompt {k}": v for k, v in rejected.items()}
@@ -344,8 +375,6 @@ def build_dataset(
     engine = cfg.data.get("engine", "hf")
     if engine not in ENGINES:
         raise SelfspecError(f"unknown data.engine={engine!r}: use one of {', '.join(ENGINES)}")
-    if engine == "vllm":
-        import_vllm()  # before loading anything: one line saying how to install it
     if target is None or tokenizer is None:
         # Another engine generates: the model here only names and fingerprints the target, so it stays on the
         # CPU (in the dtype an hf run on the device would use) and leaves the accelerators to the engine.
@@ -358,9 +387,11 @@ def build_dataset(
         )
     meta = dataset_meta(cfg, target, tokenizer)
     work = dataset_dir(cfg, meta)
-    if (work / COMPLETE).exists():
+    if (work / COMPLETE).exists():  # a dataset vLLM made is reused without vLLM (a training venv)
         logger.info("reusing the dataset in %s", work)
         return work / "dataset"
+    if engine == "vllm":
+        import_vllm()  # before any generation: one line saying how to install it
     rank, world = _rank_world()
     with _heartbeat(work, rank, world, float(cfg.data.wait_timeout_s)), _builder_lock(work, rank):
         if (work / COMPLETE).exists():  # another job built it while this one waited

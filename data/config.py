@@ -47,6 +47,9 @@ class MagpieConf:
     # When too few candidates pass the filters (e.g. a random test model writing junk bytes), fill the rest
     # with sanitised, unfinished candidates and warn, instead of failing; false makes that an error.
     relax_on_shortfall: bool = True
+    # Dataset folders whose prompts (train and eval) the new ones must not near-duplicate: a second dataset then
+    # adds prompts the first lacks, and the first's eval split stays held out from both.
+    avoid: list[str] = field(default_factory=list)
 
 
 @dataclass

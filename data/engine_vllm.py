@@ -38,6 +38,14 @@ def import_vllm() -> Any:
     return vllm
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a stand-in module (tests) or another layout
+        return False
+    return bool(getattr(current_platform, "is_cpu", lambda: False)())
+
+
 class VLLMEngine:
     """``generate`` answers token prompts through one ``vllm.LLM`` built at construction."""
 
@@ -62,6 +70,10 @@ class VLLMEngine:
             "enforce_eager": bool(settings.enforce_eager),
             **dict(settings.kwargs or {}),
         }
+        if _on_cpu():  # vLLM 0.32's CPU runner fails ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split over two steps, as Magpie's thousands of sampled prompts make it: whole
+            # prefills avoid it (data.vllm.kwargs can still set it)
+            kwargs.setdefault("enable_chunked_prefill", False)
         if int(settings.data_parallel_size) > 1:
             kwargs["data_parallel_size"] = int(settings.data_parallel_size)
         if settings.max_model_len:

@@ -11,6 +11,7 @@ import logging
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -94,15 +95,17 @@ def self_prompts(
     num_prompts: int,
     cfg: MagpieConf,
     engine: Any,
+    avoid: Sequence[str] = (),
 ) -> tuple[list[str], Counter]:
     """Sample user messages from the target until ``num_prompts`` pass the filters (seed the RNG first).
 
     Candidates are drawn in rounds through ``engine`` (continuous batching), spread evenly over the steering
     system messages ``cfg.system_prompts`` (an empty string stands for the template's default). Returns the
-    prompts and the rejection counts. At most ``max_attempts_factor * num_prompts`` candidates are drawn,
-    fewer when the acceptance rate so far cannot reach ``num_prompts`` within that budget; a shortfall is
-    filled from rejected-but-usable candidates when ``relax_on_shortfall`` is set (a random test model writes
-    junk bytes), otherwise it is an error.
+    prompts and the rejection counts; a near duplicate of an ``avoid`` text (an earlier dataset's prompts) is
+    rejected too. At most ``max_attempts_factor * num_prompts`` candidates are drawn, fewer when the acceptance
+    rate so far cannot reach ``num_prompts`` within that budget; a shortfall is filled from rejected-but-usable
+    candidates when ``relax_on_shortfall`` is set (a random test model writes junk bytes), otherwise it is an
+    error.
     """
     prefixes = []
     stops = set(stop_token_ids(model, tokenizer))
@@ -112,13 +115,15 @@ def self_prompts(
         tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
         if tail_ids and tail_ids[0] in tokenizer.all_special_ids:
             stops.add(tail_ids[0])  # the template's own end of the user turn
-    return _draw(tokenizer, prefixes, sorted(stops), num_prompts, cfg, engine)
+    near = NearDuplicates(cfg.near_duplicate_jaccard)
+    for text in avoid:
+        near.add(text)
+    return _draw(tokenizer, prefixes, sorted(stops), num_prompts, cfg, engine, near)
 
 
-def _draw(tokenizer, prefixes, stops, num_prompts, cfg, engine) -> tuple[list[str], Counter]:
+def _draw(tokenizer, prefixes, stops, num_prompts, cfg, engine, near) -> tuple[list[str], Counter]:
     kept: list[str] = []
     spare: list[str] = []  # unfinished or unprintable but non-empty, cleaned: used only on a shortfall
-    near = NearDuplicates(cfg.near_duplicate_jaccard)
     rejected: Counter = Counter()
     budget = max(1, cfg.max_attempts_factor) * num_prompts
     drawn = 0

@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument(
         "--prompts", default="eval", help="eval (the drafter's held-out split), other_kinds, FILE"
     )
+    ap.add_argument(
+        "--dataset", help="--prompts eval: this dataset folder's eval split instead of the drafter's own"
+    )
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument(
@@ -208,7 +211,8 @@ def main() -> None:
     target_name = target_of_drafter(args.drafter)
     target_dir = resolve_target_path(target_name)
     if args.prompts == "eval":
-        prompts = prompts_from_dataset_dir(dataset_of_drafter(args.drafter), args.num_prompts)
+        dataset = args.dataset or dataset_of_drafter(args.drafter)
+        prompts = prompts_from_dataset_dir(dataset, args.num_prompts)
     else:
         _, tok = load_target(target_name, device="cpu", dtype="fp32")
         prompts = load_prompts_file(BUILTIN.get(args.prompts, args.prompts), tok, args.num_prompts)

@@ -63,6 +63,9 @@ class TrainConf:
     save_every: int = 100  # 0: no intermediate checkpoints
     keep_last: int = 2
     resume: str = "auto"  # auto: continue from output_dir/checkpoints if any | never
+    # A drafter folder of the same family and sizes whose weights (and draft vocabulary) start this run: more
+    # training on new data. A checkpoint in output_dir (resume=auto) still takes precedence.
+    init_from: str | None = None
     push_to_hub: str | None = None  # a hub repo id: publish output_dir/drafter there at the end
     report: bool = True  # end with decode/bench's acceptance report on the eval split
     report_prompts: int = 8

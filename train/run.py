@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from selfspec.config import CONFIG_PATH, save_resolved, strip_launcher_args
 from selfspec.data import build_dataset, load_splits
 from selfspec.heads import build_drafter
+from selfspec.heads.checks import check_target
+from selfspec.heads.folder import load_drafter, read_metadata
 from selfspec.heads.registry import drafter_class
 from selfspec.target import load_target, tokenizer_fingerprint
 from selfspec.train.batches import token_counts
@@ -30,7 +32,7 @@ from selfspec.train.loop import Trainer
 from selfspec.train.parallel import init_distributed, local_device, use_bf16
 from selfspec.train.plan import prepare_features, size_schedule, vocab_coverage
 from selfspec.train.tracking import make_tracker
-from selfspec.utils import exit_on_user_error, resolve_device, seed_everything, setup_logging
+from selfspec.utils import SelfspecError, exit_on_user_error, resolve_device, seed_everything, setup_logging
 
 logger = logging.getLogger("selfspec.train")
 
@@ -73,6 +75,8 @@ def train_job(cfg: DictConfig) -> TrainResult:
         torch.bfloat16 if use_bf16(cfg.deepspeed, device) else torch.float32
     )  # DeepSpeed keeps fp32 copies
     drafter = build_drafter(cfg.head, target, token_counts=counts, dtype=master)
+    if cfg.train.init_from:
+        init_weights(drafter, str(cfg.train.init_from), target, tokenizer)
     coverage = {}
     # a reduced draft vocabulary: how much of the data it covers
     if getattr(drafter, "t2d", None) is not None:
@@ -96,6 +100,25 @@ def train_job(cfg: DictConfig) -> TrainResult:
     if rank == 0 and cfg.train.push_to_hub:
         push_to_hub(folder, str(cfg.train.push_to_hub))
     return TrainResult(folder, drafter, metrics, trainer.history)
+
+
+def init_weights(drafter: Any, path: str, target: Any, tokenizer: Any) -> None:
+    """``train.init_from``: copy a trained drafter's weights and buffers (its draft vocabulary too) into the fresh
+    ``drafter``, which keeps its own dtype; the two must be of one family and one shape."""
+    init = load_drafter(
+        path, expected_type=drafter.drafter_type
+    )  # unbound: its weights keep their stored dtype
+    check_target(init, target, tokenizer, read_metadata(path), path)
+    theirs, ours = init.state_dict(), drafter.state_dict()
+    wrong = sorted(k for k in ours.keys() | theirs.keys() if k not in ours or k not in theirs)
+    wrong += sorted(k for k in ours.keys() & theirs.keys() if ours[k].shape != theirs[k].shape)
+    if wrong:
+        raise SelfspecError(
+            f"train.init_from={path}: its weights do not fit this {drafter.drafter_type} head ({', '.join(wrong[:4])}"
+            f"{', ...' if len(wrong) > 4 else ''}); give a folder trained with the same head.* sizes"
+        )
+    drafter.load_state_dict(theirs)
+    logger.info("train.init_from: weights and draft vocabulary from %s", path)
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:

@@ -233,3 +233,52 @@ def test_one_prompt_with_a_large_eval_fraction_stays_in_train(tiny_target, tmp_p
     out = _build(tiny_target, tmp_path, "data.source=jsonl", f"data.path={path}", "data.eval_fraction=0.6")
     splits = load_splits(out)
     assert len(splits["train"]) == 1 and len(splits["eval"]) == 0
+
+
+class _Scripted:
+    """An engine whose candidates are fixed texts, in turn, each ending its turn."""
+
+    def __init__(self, tok, texts: list[str]) -> None:
+        self.ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        self.n = 0
+
+    def generate(self, batch, max_tokens, temperature, top_p, stop_ids):
+        for _ in batch:
+            self.n += 1
+            yield self.ids[(self.n - 1) % len(self.ids)], True
+
+
+def test_magpie_avoids_the_prompts_of_earlier_datasets(tiny_target, tmp_path):
+    """data.magpie.avoid: near duplicates of an earlier dataset's prompts are rejected, and that dataset's
+    folder is part of the new key (an empty list keeps the keys of datasets made before the option)."""
+    from selfspec.data.config import MagpieConf
+    from selfspec.data.magpie import self_prompts
+
+    model, tok = tiny_target
+    texts = [
+        "Write a short poem about the sea at night.",
+        "How do I reverse a list in Python without a loop?",
+        "What is the boiling point of water on a high mountain?",
+    ]
+    cfg = MagpieConf(max_attempts_factor=2, relax_on_shortfall=False)
+    old = ["write a short poem about the sea at night"]
+    kept, rejected = self_prompts(model, tok, 2, cfg, _Scripted(tok, texts), avoid=old)
+    assert kept == texts[1:] and rejected["near duplicate"] >= 1
+    assert self_prompts(model, tok, 2, cfg, _Scripted(tok, texts))[0] == texts[:2]
+
+    earlier = _build(
+        tiny_target,
+        tmp_path,
+        "data.source=jsonl",
+        f"data.path={write_jsonl(tmp_path / 'a.jsonl', [{'prompt': 'hi there'}])}",
+    )
+
+    def key(*overrides: str):
+        cfg = compose(["target=tiny_random", f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+        return dataset_dir(cfg, dataset_meta(cfg, *tiny_target))
+
+    assert key() == key("data.magpie.avoid=[]")
+    assert key(f"data.magpie.avoid=[{earlier.parent}]") != key()
+    with pytest.raises(SelfspecError, match="not a dataset folder") as err:
+        key(f"data.magpie.avoid=[{tmp_path / 'nowhere'}]")
+    assert "\n" not in str(err.value)

@@ -129,6 +129,20 @@ def test_vllm_missing_is_one_line(tiny_target, tmp_path, prompts_file, monkeypat
     assert "\n" not in str(err.value)
 
 
+def test_a_complete_vllm_dataset_is_reused_without_vllm(tiny_target, tmp_path, prompts_file, monkeypatch):
+    """A training venv without vLLM trains on a dataset the vLLM venv wrote (same key, COMPLETE)."""
+    import shutil
+
+    from selfspec.data.builder import dataset_dir
+
+    made = build_dataset(_cfg(tmp_path, prompts_file), *tiny_target).parent  # stands in for vLLM's output
+    cfg = _cfg(tmp_path, prompts_file, "data.engine=vllm")
+    work = dataset_dir(cfg, dataset_meta(cfg, *tiny_target))
+    shutil.copytree(made, work)
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    assert build_dataset(cfg, *tiny_target) == work / "dataset"
+
+
 def test_unknown_engine(tiny_target, tmp_path, prompts_file):
     with pytest.raises(SelfspecError, match="unknown data.engine='sglang': use one of hf, vllm, openai"):
         build_dataset(_cfg(tmp_path, prompts_file, "data.engine=sglang"), *tiny_target)
@@ -159,3 +173,25 @@ def test_finish_output_normalises_stops():
     assert finish_output([5, 6], True, [2, 7]) == ([5, 6, 2], True)
     assert finish_output([5, 2, 6], False, [2]) == ([5, 2], True)  # a server that ignored the stop ids
     assert finish_output([5, 6], False, [2]) == ([5, 6], False)
+
+
+@pytest.mark.parametrize("cpu", [True, False])
+def test_vllm_on_cpu_prefills_whole(cpu, monkeypatch):
+    """vLLM's CPU runner fails on a seeded request whose prefill is split: chunked prefill goes off there
+    (unless data.vllm.kwargs sets it), and stays vLLM's own default elsewhere."""
+    import types
+
+    from selfspec.data.config import VLLMEngineConf
+    from selfspec.data.engine_vllm import VLLMEngine
+
+    seen: list[dict] = []
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kw: seen.append(kw)
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: cpu)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    VLLMEngine("m", "bfloat16", [0], VLLMEngineConf())
+    assert seen[-1].get("enable_chunked_prefill", "vLLM's default") == (False if cpu else "vLLM's default")
+    VLLMEngine("m", "bfloat16", [0], VLLMEngineConf(kwargs={"enable_chunked_prefill": True}))
+    assert seen[-1]["enable_chunked_prefill"] is True

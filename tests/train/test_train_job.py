@@ -60,6 +60,30 @@ def test_family_trains_exports_and_reloads(experiment, tmp_path, data_cache, tin
     untrained = {k for k in result.metrics if k.startswith("eval_untrained/top1")}
     assert untrained and {k.replace("eval_untrained/", "eval/") for k in untrained} <= set(result.metrics)
     _same_outputs(result.drafter, result.folder, tiny_target[0], cfg.train.loss)
+    if experiment == "eagle3":
+        _init_from(result, cfg, tiny_target)
+
+
+def _init_from(result, cfg, tiny_target) -> None:
+    """train.init_from: a fresh head (another draft vocabulary) takes the folder's weights and vocabulary, in
+    its own dtype; a head of other sizes is refused in one line."""
+    from selfspec.heads import build_drafter
+    from selfspec.train.run import init_weights
+
+    target, tok = tiny_target
+    vocab = target.get_output_embeddings().weight.shape[0]
+    fresh = build_drafter(cfg.head, target, token_counts=torch.arange(vocab).float(), dtype=torch.float32)
+    init_weights(fresh, str(result.folder), target, tok)
+    saved = load_drafter(result.folder).state_dict()
+    ours = fresh.state_dict()
+    assert saved.keys() == ours.keys()
+    for k, v in saved.items():
+        assert torch.equal(ours[k], v.to(ours[k].dtype)), k
+    assert fresh.t2d.dtype == torch.bool and fresh.fc.weight.dtype == torch.float32
+    other = build_drafter({**cfg.head, "draft_vocab_size": 64}, target, dtype=torch.float32)
+    with pytest.raises(SelfspecError, match="do not fit this eagle3 head") as err:
+        init_weights(other, str(result.folder), target, tok)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.timeout(600)

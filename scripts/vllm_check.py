@@ -232,7 +232,8 @@ def main() -> None:
         ours = selfspec_run(args.drafter, prompts, k, args.dtype, args.max_new_tokens)
         target = ours.pop("target")
         ref = runs["vllm"][0]["outputs"]
-        noise = noise or reference_noise(target, prompts, ref)
+        if noise is None:
+            noise = reference_noise(target, prompts, ref)
         div = divergences(target, prompts, ref, runs[f"k{k}"][0]["outputs"], noise)
         reports.append(summarise(args, k, runs["vllm"], runs[f"k{k}"], ours, div, len(prompts)))
         del target, ours

@@ -105,12 +105,11 @@ def train_job(cfg: DictConfig) -> TrainResult:
 def init_weights(drafter: Any, path: str, target: Any, tokenizer: Any) -> None:
     """``train.init_from``: copy a trained drafter's weights and buffers (its draft vocabulary too) into the fresh
     ``drafter``, which keeps its own dtype; the two must be of one family and one shape."""
-    init = load_drafter(
-        path, expected_type=drafter.drafter_type
-    )  # unbound: its weights keep their stored dtype
+    # unbound (no target given): its weights keep their stored dtype; the target is checked as load_drafter would
+    init = load_drafter(path, expected_type=drafter.drafter_type)
     check_target(init, target, tokenizer, read_metadata(path), path)
     theirs, ours = init.state_dict(), drafter.state_dict()
-    wrong = sorted(k for k in ours.keys() | theirs.keys() if k not in ours or k not in theirs)
+    wrong = sorted(ours.keys() ^ theirs.keys())
     wrong += sorted(k for k in ours.keys() & theirs.keys() if ours[k].shape != theirs[k].shape)
     if wrong:
         raise SelfspecError(

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # make reproduce   (or: bash scripts/reproduce.sh)
-# The whole CPU pipeline behind the README's results, from a clean clone (about 9 hours on 2 CPU cores):
+# The whole CPU pipeline behind the README's results, from a clean clone (about 11 hours on 2 CPU cores):
 #   1. the long dataset: the target writes $LONG_PROMPTS prompts of its own and answers them (data/generate.py);
 #   2. python train/run.py +experiment=X_long for X in $EXPERIMENTS, on that dataset (its target features are
 #      stored once, by the first run, and reused by the others); drafters in $RUNS/X/drafter;
+#   2b. the grown EAGLE-3 (stage "grow", long budget): a second dataset of $LONG_PROMPTS prompts that avoid the
+#      first's, written by $GROW_PYTHON (a vLLM venv with GROW_DATA_ARGS=data.engine=vllm writes it 1.5x faster),
+#      then eagle3_long trained twice over it from the long EAGLE-3's weights (train.init_from);
 #   3. the quick-start EAGLE-3 (python train/run.py +experiment=eagle3, its own 768-prompt dataset);
 #   4. one combined bench of every long drafter and the baselines on the long dataset's held-out prompts, and
 #      another on the shipped prompt set of other kinds (code, math, two-turn), then the quick-start EAGLE-3 on
@@ -12,7 +15,8 @@
 #      (the long run is its largest point), and economize on the same exported heads (if its venv exists);
 #   6. results/*.md and *.png, and results/budget.md with the wall time of every stage.
 # Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, LONG_PROMPTS, BENCH_PROMPTS, OTHER_PROMPTS, TRAIN_ARGS (extra Hydra
-# overrides for every training run), ECONOMIZE_VENV, SKIP (stage names to skip: quick scaling oracle economize).
+# overrides for every training run), ECONOMIZE_VENV, GROW_PYTHON, GROW_DATA_ARGS,
+# SKIP (stage names to skip: grow quick scaling oracle economize).
 # BUDGET=quick runs the same stages at the quick-start budget instead (about 1.5 hours): every family's quick
 # experiment on the quick start's 768-prompt dataset, no separate quick stage, no scaling curve:
 #   BUDGET=quick RESULTS=results/quick make reproduce
@@ -30,13 +34,15 @@ BUDGET=${BUDGET:-long}
 SKIP=${SKIP:-}
 case $BUDGET in
     long) LONG_PROMPTS=${LONG_PROMPTS:-3072}; SUFFIX=_long ;;
-    quick) LONG_PROMPTS=${LONG_PROMPTS:-768}; SUFFIX=; SKIP="$SKIP quick scaling" ;;
+    quick) LONG_PROMPTS=${LONG_PROMPTS:-768}; SUFFIX=; SKIP="$SKIP quick scaling grow" ;;
     *) echo "BUDGET must be long or quick, not '$BUDGET'" >&2; exit 2 ;;
 esac
 BENCH_PROMPTS=${BENCH_PROMPTS:-24}
 OTHER_PROMPTS=${OTHER_PROMPTS:-null}  # null: all 48 of the shipped other-kinds set
 TRAIN_ARGS=${TRAIN_ARGS:-}
 ECONOMIZE_VENV=${ECONOMIZE_VENV:-/work/venvs/economize}
+GROW_PYTHON=${GROW_PYTHON:-$PYTHON}
+GROW_DATA_ARGS=${GROW_DATA_ARGS:-}
 TITLE="SmolLM2-135M-Instruct target on a 2-core CPU"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
 
@@ -53,9 +59,14 @@ stage() {  # stage NAME COMMAND...: run, time, and log a row of the budget table
 }
 skipped() { [[ " $SKIP " == *" $1 "* ]]; }
 
-# shellcheck disable=SC2086  # TRAIN_ARGS is a list of Hydra overrides
+# The data stages take the overrides of TRAIN_ARGS that name the dataset (target, data, seed), so that the training
+# runs find the dataset they wrote under the same key.
+DATA_ARGS=()
+for a in $TRAIN_ARGS; do
+    case $a in target=* | target.* | +target.* | data.* | +data.* | seed=*) DATA_ARGS+=("$a") ;; esac
+done
 stage "data ($LONG_PROMPTS prompts)" "$PYTHON" data/generate.py "data.num_prompts=$LONG_PROMPTS" \
-    "output_dir=$RUNS/data" $TRAIN_ARGS
+    "output_dir=$RUNS/data" "${DATA_ARGS[@]}"
 drafters=()
 for x in $EXPERIMENTS; do
     # shellcheck disable=SC2086
@@ -63,6 +74,20 @@ for x in $EXPERIMENTS; do
         "output_dir=$RUNS/$x" train.report=false $TRAIN_ARGS
     drafters+=("$RUNS/$x/drafter")
 done
+if ! skipped grow && [[ " $EXPERIMENTS " == *" eagle3 "* ]] && [ "$BUDGET" = long ]; then
+    # Grow the long EAGLE-3: a second dataset whose prompts avoid the first's (so the first's eval split, where the
+    # bench runs, stays held out from both), then the same recipe twice over it from the long head's weights.
+    first=$(dirname "$(readlink -f "$RUNS/data/dataset")")
+    grow=("data.num_prompts=$LONG_PROMPTS" "data.magpie.avoid=[$first]")
+    # shellcheck disable=SC2086  # GROW_DATA_ARGS: Hydra overrides for the second dataset (e.g. data.engine=vllm)
+    stage "data, second ($LONG_PROMPTS prompts avoiding the first's)" "$GROW_PYTHON" data/generate.py "${grow[@]}" \
+        "output_dir=$RUNS/data_grow" $GROW_DATA_ARGS "${DATA_ARGS[@]}"
+    # shellcheck disable=SC2086
+    stage "train eagle3_long, grown" "$PYTHON" train/run.py +experiment=eagle3_long "${grow[@]}" $GROW_DATA_ARGS \
+        "train.init_from=$RUNS/eagle3/drafter" train.epochs=2 "output_dir=$RUNS/eagle3_grow" train.report=false \
+        $TRAIN_ARGS
+    drafters+=("$RUNS/eagle3_grow/drafter")
+fi
 list=$(IFS=,; echo "${drafters[*]}")
 bench=(decode/bench/run.py "max_new_tokens=128" "num_prompts=$BENCH_PROMPTS")
 stage "bench, held-out prompts" "$PYTHON" "${bench[@]}" "drafter=[$list]" "output_dir=$RESULTS/bench"

@@ -19,6 +19,14 @@ better arm runs; the other is probed now and then so its estimate stays current,
 close (a wrong choice then costs little) and at most about 1% of the time when they are far apart. Plain steps
 still give the target's features to the proposer, which catches up at its next draft, so the choice changes
 speed only: every output is the same as with speculation on (greedy) or has the same distribution (sampling).
+
+The arms are compared by their relative cost, measured where both are current: each time the gate changes arm
+(a probe, or a switch), the step just run is set against the other arm's running estimate, fresh from the steps
+before it. A slow stretch of the host slows both arms alike and leaves that ratio alone. Comparing the two
+running estimates instead, as the gate first did, set a fresh plain estimate against a speculative one last
+measured in the slow stretch: on the quick start's report it left 313 of 420 steps plain (1.08x) where a rerun
+of the same head a minute later left 17 of 269 (1.40x); each probe then moved the stale estimate by a tenth
+only (``scripts/gate_ab.py --contend``, README "The adaptive gate's memory").
 """
 
 from __future__ import annotations
@@ -29,21 +37,30 @@ from dataclasses import dataclass
 PROBE_MIN, PROBE_MAX = 8, 128  # steps between probes of the losing arm
 DECAY_MS = 0.9  # weight of the old estimate at each new measurement of an arm's step time
 DECAY_TOKENS = 0.95  # ... and of a speculative step's new tokens (the noisier figure)
+DECAY_RELATIVE = 0.7  # ... and of the relative cost, measured at each change of arm (probes are rare)
 
 
 @dataclass
 class SpeculationGate:
-    """Estimates per arm: ``plain_ms`` a plain step; ``spec_ms`` and ``spec_tokens`` (new tokens per live
-    row) a speculative step. Seed them with the cost model's prediction; ``record`` every step's measurement."""
+    """Estimates: ``plain_ms`` a plain step and ``spec_ms`` a speculative one (each arm's running time),
+    ``relative`` the speculative step's cost in plain steps (measured at each change of arm) and ``spec_tokens``
+    its new tokens per live row. Seed them with the cost model's prediction; ``record`` every step."""
 
     plain_ms: float
     spec_ms: float
     spec_tokens: float
+    relative: float = math.nan
     steps: int = 0
     decay_ms: float = DECAY_MS
     decay_tokens: float = DECAY_TOKENS
+    decay_relative: float = DECAY_RELATIVE
     last_plain: int = 0
     last_spec: int = 0
+    last_ms: float = math.nan  # the step just before, of whichever arm
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.relative) and self.plain_ms > 0 and self.spec_ms > 0:
+            self.relative = self.spec_ms / self.plain_ms
 
     @classmethod
     def from_prediction(cls, plain_ms: float, spec_ms: float, tokens_per_step: float) -> SpeculationGate:
@@ -54,13 +71,13 @@ class SpeculationGate:
         return cls(math.nan, math.nan, math.nan)
 
     def ratio(self) -> float:
-        """Estimated speed of speculation over plain decoding (tokens per ms, both arms); an arm not yet
-        measured counts as the faster one, so that each is tried."""
+        """Estimated speed of speculation over plain decoding (new tokens per unit of time, both arms); an arm
+        not yet measured counts as the faster one, so that each is tried."""
         if math.isnan(self.spec_ms):
             return math.inf
         if math.isnan(self.plain_ms):
             return 0.0
-        return (self.spec_tokens / self.spec_ms) / (1.0 / self.plain_ms)
+        return self.spec_tokens / self.relative
 
     def probe_every(self) -> int:
         """Steps between probes of the losing arm: a probe costs about ``1 - min(r, 1/r)`` of a step, kept
@@ -82,6 +99,11 @@ class SpeculationGate:
 
     def record(self, spec: bool, ms: float, tokens_per_row: float) -> None:
         """One measured step of the arm that ran (``tokens_per_row``: new tokens per live row)."""
+        changed = (self.last_plain > self.last_spec) if spec else (self.last_spec > self.last_plain)
+        if changed and not math.isnan(self.last_ms):  # the other arm ran the step before: the two compare
+            rel = ms / self.last_ms if spec else self.last_ms / ms
+            self.relative = _blend(self.relative, rel, self.decay_relative)
+        self.last_ms = ms
         if spec:
             self.last_spec = self.steps
             self.spec_ms = _blend(self.spec_ms, ms, self.decay_ms)
@@ -89,6 +111,8 @@ class SpeculationGate:
         else:
             self.last_plain = self.steps
             self.plain_ms = _blend(self.plain_ms, ms, self.decay_ms)
+        if math.isnan(self.relative):  # the first measurement of both arms
+            self.relative = self.spec_ms / self.plain_ms
 
 
 def _blend(old: float, new: float, decay: float) -> float:

@@ -11,12 +11,13 @@
 #   4. one combined bench of every long drafter and the baselines on the long dataset's held-out prompts, and
 #      another on the shipped prompt set of other kinds (code, math, two-turn), then the quick-start EAGLE-3 on
 #      both sets; greedy, 128 new tokens, batch 1, the target's dtype (bf16 on a CPU with native bf16);
+#   4b. the EAGLE-3 heads again at a 60-node tree (stage "wide"), the size the EAGLE papers report acceptance with;
 #   5. the oracle drafter (the decoder's efficiency), the scaling curve of EAGLE-3 against training tokens
 #      (the long run is its largest point), and economize on the same exported heads (if its venv exists);
 #   6. results/*.md and *.png, and results/budget.md with the wall time of every stage.
 # Knobs (environment): PYTHON, RUNS, RESULTS, EXPERIMENTS, LONG_PROMPTS, BENCH_PROMPTS, OTHER_PROMPTS, TRAIN_ARGS (extra Hydra
 # overrides for every training run), ECONOMIZE_VENV, GROW_PYTHON, GROW_DATA_ARGS,
-# SKIP (stage names to skip: grow quick scaling oracle economize).
+# SKIP (stage names to skip: grow quick wide scaling oracle economize).
 # BUDGET=quick runs the same stages at the quick-start budget instead (about 1.5 hours): every family's quick
 # experiment on the quick start's 768-prompt dataset, no separate quick stage, no scaling curve:
 #   BUDGET=quick RESULTS=results/quick make reproduce
@@ -102,6 +103,19 @@ if ! skipped quick; then
     stage "bench quick eagle3, held-out" "$PYTHON" "${bench[@]}" "${quick[@]}" "output_dir=$RESULTS/quick/bench"
     stage "bench quick eagle3, other kinds" "$PYTHON" "${bench[@]}" "${quick[@]}" prompts=other_kinds \
         num_prompts=null "output_dir=$RESULTS/quick/bench_other_kinds"
+fi
+if ! skipped wide && [[ " $EXPERIMENTS " == *" eagle3 "* ]]; then
+    # The EAGLE-3 heads at a tree of the size the EAGLE-2/3 papers measure acceptance with (60 nodes, top-10,
+    # depth 6), every step drafted: the acceptance length their figures compare with. tree=auto picks a far
+    # smaller tree on a 2-core CPU, where verifying 60 nodes costs about 2x a 1-token forward.
+    heads=("$RUNS/eagle3/drafter")
+    for d in "$RUNS/eagle3_grow/drafter" "$RUNS/eagle3_quick/drafter"; do [ -d "$d" ] && heads+=("$d"); done
+    wide=("drafter=[$(IFS=,; echo "${heads[*]}")]" "methods=[target,selfspec]" decode.depth=6 decode.topk=10
+          decode.total_tokens=60 decode.adaptive=false)
+    stage "bench eagle3 heads, 60-node tree, held-out" "$PYTHON" "${bench[@]}" "${wide[@]}" \
+        "output_dir=$RESULTS/wide_tree/bench"
+    stage "bench eagle3 heads, 60-node tree, other kinds" "$PYTHON" "${bench[@]}" "${wide[@]}" prompts=other_kinds \
+        "num_prompts=$OTHER_PROMPTS" "output_dir=$RESULTS/wide_tree/bench_other_kinds"
 fi
 if ! skipped oracle; then
     stage "oracle drafter" bash -c "'$PYTHON' decode/bench/oracle.py > '$RESULTS/oracle.md'"

@@ -87,6 +87,24 @@ def test_gate_rides_out_runs_of_rejections_on_a_paying_tree():
     assert spec_steps >= 0.9 * 2000
 
 
+def test_gate_resumes_speculating_after_a_slow_stretch_of_the_host():
+    """The host slows for 60 steps, speculative steps (3x) more than plain ones (1.5x), then recovers: the gate
+    speculates again in at least 90% of the steps after step 200. Setting running estimates against each other,
+    the gate's first rule, kept the slow stretch's speculative time while the plain one recovered, and
+    speculated in 153-291 of those 400 steps (seeds 0-7)."""
+    for seed in range(4):
+        rnd = random.Random(seed)
+        gate = SpeculationGate.from_prediction(plain_ms=42.0, spec_ms=68.8, tokens_per_step=2.1)
+        late = 0
+        for i in range(600):
+            spec = gate.speculate()
+            slow = (3.0 if spec else 1.5) if i < 60 else 1.0
+            tokens = 1 + (rnd.random() < 0.75) + (rnd.random() < 0.35) if spec else 1
+            gate.record(spec, (68.8 if spec else 42.0) * slow * rnd.lognormvariate(0, 0.1), tokens)
+            late += spec and i >= 200
+        assert late >= 0.9 * 400, seed
+
+
 def test_gate_without_a_prediction_tries_both_arms_first():
     gate = SpeculationGate.from_prediction(0.0, 0.0, 1.0)
     first = gate.speculate()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # 2026-12-08 small hours, the 2-core AMD EPYC with avx512_bf16 (bf16): mean accepted tokens of the EAGLE-3 heads
 # at a tree of the size the EAGLE-2/3 papers evaluate with (60 nodes, top-10, depth 6; the gate off, so every step
-# drafts) on the held-out and the other-kinds prompts; each ran beside the Medusa long training (two jobs on two
-# cores), so read the acceptance columns, not the speeds.
+# drafts) on the held-out and the other-kinds prompts. The first ran beside a training job and the test suite
+# (read its acceptance, not its speed); the other three ran alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python} R=results/epyc_wide_1208

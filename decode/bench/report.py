@@ -61,6 +61,7 @@ class BenchJobConf(JobConf):
     warmup: int = 1
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     prompt_lookup_num_tokens: int = 10
+    fp32_prompts: int = 2  # CPU, non-fp32 target: the target alone in fp32 too, paired, on this many prompts
     decode: DecodeOptionsConf = field(default_factory=DecodeOptionsConf)
     target: TargetConf = field(
         default_factory=lambda: TargetConf(name_or_path="")

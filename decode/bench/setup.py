@@ -115,4 +115,5 @@ def bench_from_config(cfg: DictConfig) -> dict[str, Any]:
         },
         prompt_lookup_num_tokens=cfg.prompt_lookup_num_tokens,
         extra={"prompts": source},
+        fp32_prompts=cfg.fp32_prompts,
     )

@@ -90,6 +90,12 @@ def test_bench_command_from_config(tmp_path, tiny_target):
     assert [m["name"] for m in report["methods"]] == ["target", "selfspec:eagle"]
     assert report["methods"][1]["identical"]
     assert (tmp_path / "out" / "bench.md").is_file()
+    # a bf16 target: the fp32 pairing, on as many prompts as asked
+    cfg.target.dtype, cfg.fp32_prompts = "bf16", 1
+    note = bench_from_config(cfg)["dtype"]
+    assert note["dtype"] == "bf16" and note["paired_prompts"] == 1 and note["over_fp32"] > 0
+    cfg.target.dtype = "fp32"  # an fp32 target has nothing to pair with
+    assert "over_fp32" not in bench_from_config(cfg)["dtype"]
     cfg.drafter = str(tmp_path / "nowhere")
     with pytest.raises(SelfspecError, match="not a drafter folder"):
         bench_from_config(cfg)

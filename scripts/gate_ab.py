@@ -1,6 +1,6 @@
-"""The adaptive gate, measured: one drafter decoded with the gate as shipped, with its earlier rules (a short
-memory; running estimates compared), and without the gate, against the target alone, interleaved prompt by
-prompt in one process.
+"""The adaptive gate, measured: one drafter decoded with the gate as shipped, with its earlier rule (the two
+arms' running estimates compared), and without the gate, against the target alone, interleaved prompt by prompt
+in one process. (The memory lengths were measured the same way: README "The adaptive gate's memory".)
 
     python scripts/gate_ab.py --drafter outputs/eagle3/drafter [--prompts 8] [--rounds 2] [--other-kinds 0]
         [--max-new-tokens 128] [--dtype auto] [--contend ON,OFF]

@@ -113,8 +113,6 @@ class SpeculationGate:
         else:
             self.last_plain = self.steps
             self.plain_ms = _blend(self.plain_ms, ms, self.decay_ms)
-        if math.isnan(self.relative):  # the first measurement of both arms
-            self.relative = self.spec_ms / self.plain_ms
 
 
 def _blend(old: float, new: float, decay: float) -> float:
